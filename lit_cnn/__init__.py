@@ -1,0 +1,44 @@
+"""lit_cnn: train, cross-validate and compare small CNNs on MNIST-style data with Lightning.
+
+The names below are imported lazily, so ``import lit_cnn`` stays cheap: the data layer does
+not pull in Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_dataset": "lit_cnn.data",
+    "DataError": "lit_cnn.data",
+    "list_models": "lit_cnn.models",
+    "get_model": "lit_cnn.models",
+    "get_model_class": "lit_cnn.models",
+    "CNNModule": "lit_cnn.models",
+    "layer_table": "lit_cnn.shapes",
+}
+
+__all__ = [
+    "CNNModule",
+    "DataError",
+    "__version__",
+    "get_model",
+    "get_model_class",
+    "layer_table",
+    "list_models",
+    "load_dataset",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lit_cnn.data import DataError, load_dataset
+    from lit_cnn.models import CNNModule, get_model, get_model_class, list_models
+    from lit_cnn.shapes import layer_table
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lit_cnn' has no attribute {name!r}")

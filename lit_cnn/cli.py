@@ -1,0 +1,188 @@
+"""The K-fold command line: LightningCLI (jsonargparse) with ``run=False`` driving the fold loop.
+
+    python scripts/kfold.py                                  # DeepCNN, 3 folds, 30 epochs
+    python scripts/kfold.py --model ResNNBatch --data.k 5 --trainer.max_epochs 10
+    python scripts/kfold.py --config scripts/configs/deepcnn.yaml
+    python scripts/kfold.py --print_config > run.yaml        # then --config run.yaml
+
+Errors in options or data end in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_cnn.data import DataError
+from lit_cnn.datamodule import KFoldDataModule
+from lit_cnn.kfold import FoldSetup, new_run_dir, run_kfold
+from lit_cnn.models import CNNModule, list_models
+
+PROG = "kfold.py"
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 30,
+    # No sanity pass: the first real validation follows within one epoch anyway.
+    "num_sanity_val_steps": 0,
+    "enable_model_summary": False,
+}
+
+
+class UsageError(ValueError):
+    """A bad option value (a ValueError, so jsonargparse reports it as a parse error)."""
+
+
+class KFoldCLI(LightningCLI):
+    """LightningCLI whose classes are instantiated per fold by the fold loop, not once."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        super().__init__(
+            model_class=CNNModule,
+            datamodule_class=KFoldDataModule,
+            subclass_mode_model=True,
+            save_config_callback=None,
+            trainer_defaults=TRAINER_DEFAULTS,
+            parser_kwargs={"exit_on_error": False, "prog": PROG},
+            auto_configure_optimizers=False,
+            run=False,
+            args=args,
+        )
+
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # No --seed_everything: --data.seed seeds the folds, the batches and each fold's init.
+        pass
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--early_break",
+            type=bool,
+            default=False,
+            help="Train only the first fold (the notebook's single train/validation round).",
+        )
+        parser.add_argument(
+            "--patience",
+            type=int | None,
+            default=None,
+            help="Stop a fold after this many epochs without a lower val/loss (default: off).",
+        )
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Name of the run directory (default: the next version_N).",
+        )
+        parser.set_defaults({"model": {"class_path": "lit_cnn.models.DeepCNN"}})
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        # Once here, to validate the options before anything runs; the fold loop then gets a
+        # fresh model and callbacks per fold from fold_setup.
+        self.config_init = self.parser.instantiate(self.config)
+        self.datamodule = self.config_init["data"]
+        self.model = self.config_init["model"]
+
+    def fold_setup(self, fold: int) -> FoldSetup:
+        """A fresh model, Trainer arguments and user callbacks for one fold."""
+        # Instantiated again even for fold 0: the loop seeds each fold before calling this.
+        init = self.parser.instantiate(self.config)
+        trainer_kwargs: dict[str, Any] = dict(init["trainer"])
+        callbacks = trainer_kwargs.pop("callbacks", None) or []
+        if not isinstance(callbacks, list):
+            callbacks = [callbacks]
+        trainer_kwargs.pop("logger", None)
+        return FoldSetup(model=init["model"], trainer_kwargs=trainer_kwargs, callbacks=callbacks)
+
+
+def config_dict(parser: LightningArgumentParser, config: Namespace) -> dict[str, Any]:
+    """The parsed configuration as plain JSON data, without the ``--config`` file names."""
+    data = json.loads(parser.dump(config, format="json", skip_none=False))
+    data.pop("config", None)
+    return data
+
+
+def own_message(err: Exception) -> str | None:
+    """The message of a value refused by lit_cnn's own classes ("model.lr must be ..."), as an
+    option, even when jsonargparse wrapped it in its report."""
+    found = re.search(r"\b((?:model|data)\.\w+ (?:must|is) [^\n]*)", str(err))
+    return f"--{found.group(1)}" if found else None
+
+
+def parse_error_line(err: Exception) -> str:
+    """One line out of jsonargparse's multi-line parse error: the option and what is wrong."""
+    text = str(err)
+    if own := own_message(err):
+        return own
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    if not keys:
+        return text.strip().splitlines()[0]
+    option = "--" + ".".join(keys)
+    given = re.findall(r"Given value: (.*)", text) or re.findall(r"Got value: (.*)", text)
+    value = given[-1].strip() if given else ""
+    if keys == ["model"] and value and not value.startswith("NestedArg"):
+        return f"--model: unknown model {value!r}; valid models: {', '.join(list_models())}"
+    value = re.findall(r"Got value: (.*)", text) or [value]
+    expected = re.findall(r"Expected (?:an? )?(<class '\w+'>|typing\.Literal\[.*?\])", text)
+    want = expected[0] if expected else "a valid value"
+    literal = re.search(r"Literal\[(.*)\]", want)
+    if literal:
+        want = "one of " + literal.group(1).replace("'", "")
+    want = re.sub(r"<class '(\w+)'>", r"\1", want)
+    return f"{option}: invalid value {value[-1].strip()!r}; expected {want}"
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cli_main(args: list[str] | None = None) -> int:
+    """Parses options, runs the folds and returns the exit status.
+
+    Args:
+        args: Command-line arguments; ``None`` takes ``sys.argv[1:]``.
+    """
+    try:
+        cli = KFoldCLI(args=args)
+    except ArgumentError as err:
+        return _fail(parse_error_line(err))
+    except DataError as err:
+        return _fail(str(err))
+    except ValueError as err:
+        return _fail(own_message(err) or str(err).strip().splitlines()[0])
+    cfg = cli.config
+    dm: KFoldDataModule = cli.datamodule
+    model_name = type(cli.model).__name__
+    max_epochs = cfg.trainer.max_epochs
+    if max_epochs is not None and max_epochs < 1:
+        return _fail(f"--trainer.max_epochs must be at least 1, got {max_epochs}")
+    try:
+        _ = dm.folds  # loads and validates the data, makes the split: before any run dir exists
+    except DataError as err:
+        return _fail(str(err))
+    except ValueError as err:
+        return _fail(own_message(err) or str(err))
+    try:
+        run_dir = new_run_dir(cfg.trainer.default_root_dir, model_name, cfg.run_name)
+    except FileExistsError as err:
+        return _fail(f"run directory {err.filename} exists; choose another --run_name")
+    except OSError as err:
+        return _fail(f"cannot create the run directory: {err}")
+    (run_dir / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False))
+    run_kfold(
+        cli.fold_setup,
+        dm,
+        run_dir,
+        model_name=model_name,
+        config=config_dict(cli.parser, cfg),
+        early_break=cfg.early_break,
+        patience=cfg.patience,
+    )
+    print(run_dir)
+    return 0

@@ -1,0 +1,445 @@
+"""Image data for lit_cnn: the notebook's pickle format and the bundled MNIST sample.
+
+A data file is what the homework notebook read from ``Datasets/mnist.pkl``: a pickle of
+``(train, test)``, each an ``(X, y)`` pair of numpy arrays. The file is opened with a restricted
+unpickler that only builds numpy arrays, tuples and lists, so a hostile file is refused before
+any of its code can run.
+
+Images are kept compact and unscaled (uint8 whenever the pixels allow it) and are turned into
+float32 network input by :func:`to_float`, with one scaling constant taken from the training
+images and used for the test images as well.
+
+This module imports only the standard library, numpy and torch, so that loading data does not
+pull in Lightning or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import codecs
+import importlib
+import os
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_PATH",
+    "SAMPLE",
+    "DataError",
+    "ImageData",
+    "load_dataset",
+    "load_images",
+    "to_float",
+]
+
+SAMPLE = "sample"
+DEFAULT_PATH = Path("Datasets/mnist.pkl")
+
+_SAMPLE_FILE = "mnist_sample.npz"
+_SIDE = 32
+_SHAPES_WANTED = "N x 32 x 32, N x 28 x 28, N x 784, or N x 1 x H x W with H = W = 28 or 32"
+
+
+class DataError(Exception):
+    """A problem with the image data.
+
+    The message is a single line of the form ``"<path>: <what is wrong>"``, fit to show a user
+    as it is.
+    """
+
+
+def _error(source: str, what: str) -> DataError:
+    # Messages quote exception texts and names taken from the file, which may hold newlines;
+    # collapsing whitespace keeps the promise of a one-line message.
+    return DataError(f"{source}: {' '.join(what.split())}")
+
+
+@dataclass(eq=False)
+class ImageData:
+    """Images and labels as stored in memory, before scaling.
+
+    Attributes:
+        x_train: Training images, shape (N, 1, 32, 32); uint8 when every pixel of the training
+            and test images is an integer in [0, 255], float32 otherwise.
+        y_train: Training labels 0-9, int64, shape (N,).
+        x_test: Test images, like ``x_train``.
+        y_test: Test labels, like ``y_train``.
+        scale: The divisor that maps the training images to [0, 1]; applied to both sets by
+            :func:`to_float`.
+        source: Where the data came from: the file's path, or ``"sample"``.
+    """
+
+    x_train: torch.Tensor = field(repr=False)
+    y_train: torch.Tensor = field(repr=False)
+    x_test: torch.Tensor = field(repr=False)
+    y_test: torch.Tensor = field(repr=False)
+    scale: float
+    source: str
+
+
+def to_float(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Turn stored images into float32 network input.
+
+    Both the training loop (per batch) and :func:`load_dataset` (whole sets) go through this
+    one function, so their floats are bit-identical.
+
+    Args:
+        x: Stored images (uint8 or float32).
+        scale: The data's scaling constant, :attr:`ImageData.scale`.
+
+    Returns:
+        ``x`` as float32 divided by ``scale``.
+    """
+    return x.to(torch.float32) / scale
+
+
+def load_images(path: str | os.PathLike[str] | None = None) -> ImageData:
+    """Load images and labels, unscaled and compact.
+
+    Args:
+        path: A notebook-format pickle file; ``"sample"`` for the bundled MNIST sample; or
+            None for ``Datasets/mnist.pkl`` (relative to the working directory) if it exists,
+            else the bundled sample. A file that is really named ``sample`` in the working
+            directory can be reached as ``"./sample"``.
+
+    Returns:
+        The data, with 28 x 28 images zero-padded to 32 x 32.
+
+    Raises:
+        DataError: The file is missing, unreadable, not a safe pickle of the expected
+            structure, or holds invalid images or labels.
+    """
+    if path is None:
+        path = DEFAULT_PATH if DEFAULT_PATH.exists() else SAMPLE
+    if os.fspath(path) == SAMPLE:
+        return _load_sample()
+    source = os.fspath(path)
+    content = _read_pickle(Path(path), source)
+    return _build(*_split(content, source), source)
+
+
+def load_dataset(
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Load the data as network-ready tensors.
+
+    Args:
+        path: As for :func:`load_images`.
+
+    Returns:
+        ``(X_train, y_train, X_test, y_test)``: images float32 of shape (N, 1, 32, 32), scaled
+        by the training set's constant; labels int64 of shape (N,).
+
+    Raises:
+        DataError: As for :func:`load_images`.
+    """
+    data = load_images(path)
+    return (
+        to_float(data.x_train, data.scale),
+        data.y_train,
+        to_float(data.x_test, data.scale),
+        data.y_test,
+    )
+
+
+# --- safe unpickling -------------------------------------------------------------------------
+
+
+def _numpy_attr(submodule: str, name: str) -> Any:
+    # numpy 2 renamed numpy.core to numpy._core; pickles from either side name either
+    # spelling. Both resolve to this numpy's own function, and the module a pickle names is
+    # never imported on its say-so.
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{submodule}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise AttributeError(f"numpy has no {submodule}.{name}")
+
+
+class _NumericDtype:
+    """Stands in for numpy.dtype in pickles: builds the dtype, refusing object dtypes.
+
+    An instance without attributes rather than a function, so that a pickle's BUILD opcode
+    cannot set attributes on it.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> np.dtype:
+        dtype = np.dtype(*args)
+        # An object array would unpickle its elements as arbitrary Python objects; stopping
+        # at its dtype refuses it before any element is built.
+        if dtype.hasobject:
+            raise _Refused(
+                "the pickle holds an array of Python objects (dtype object); only numeric "
+                "arrays are allowed"
+            )
+        return dtype
+
+
+_NUMERIC_DTYPE = _NumericDtype()
+
+
+class _Refused(Exception):
+    """Raised inside the unpickler; turned into a DataError that names the file."""
+
+
+# Everything a pickle may name: what plain numeric numpy arrays and numpy scalars need under
+# pickle protocols 0-5, written by numpy 1.x or 2.x. None of these can run code or touch files.
+_ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: _NUMERIC_DTYPE,
+    # Protocols 0-4 rebuild an array from an empty one plus its raw bytes.
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
+    # numpy scalars (e.g. a label stored as np.int64 inside a list).
+    ("numpy.core.multiarray", "scalar"): lambda: _numpy_attr("multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"): lambda: _numpy_attr("multiarray", "scalar"),
+    # Protocol 5 rebuilds an array straight from a buffer.
+    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_attr("numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_attr("numeric", "_frombuffer"),
+    # Protocols 0-2 have no bytes opcode: Python 3 writes bytes as _codecs.encode(text,
+    # "latin1"), and empty bytes or a bytearray as a call to the type. Python 2 pickles spell
+    # the builtins module __builtin__.
+    ("_codecs", "encode"): lambda: codecs.encode,
+    ("builtins", "bytes"): lambda: bytes,
+    ("__builtin__", "bytes"): lambda: bytes,
+    ("builtins", "bytearray"): lambda: bytearray,
+    ("__builtin__", "bytearray"): lambda: bytearray,
+}
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the names in ``_ALLOWED``.
+
+    ``find_class`` runs when the pickle names a global, before the global can be called, so a
+    refused name never executes.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        resolve = _ALLOWED.get((module, name))
+        if resolve is not None:
+            return resolve()
+        if not (_DOTTED_NAME.fullmatch(module) and _DOTTED_NAME.fullmatch(name)):
+            # Text that happens to start like a GLOBAL opcode: report it as not being a
+            # pickle at all, rather than quote the garbage as a name.
+            raise pickle.UnpicklingError("it names a global that is not a Python name")
+        raise _Refused(
+            f"the pickle names {module}.{name}, which is not allowed "
+            "(only numpy arrays, tuples and lists are)"
+        )
+
+
+def _read_pickle(path: Path, source: str) -> Any:
+    try:
+        with open(path, "rb") as file:
+            first = file.read(1)
+            if not first:
+                raise _error(source, "empty file")
+            file.seek(0)
+            return _unpickle(file, first, source)
+    except FileNotFoundError:
+        raise _error(source, "no such file") from None
+    except IsADirectoryError:
+        raise _error(source, "is a directory, not a data file") from None
+    except PermissionError:
+        raise _error(source, "permission denied") from None
+    except OSError as exc:
+        raise _error(source, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _unpickle(file: Any, first: bytes, source: str) -> Any:
+    try:
+        # latin1 lets numpy arrays pickled by Python 2 load; for Python 3 pickles it changes
+        # nothing.
+        return _SafeUnpickler(file, encoding="latin1").load()
+    except _Refused as exc:
+        raise _error(source, f"refused: {exc}") from None
+    except Exception as exc:
+        # Whatever the unpickler or numpy raised about the bytes, the user gets one line.
+        detail = f"{type(exc).__name__}: {exc}"
+        truncated = isinstance(exc, EOFError) or "truncated" in str(exc)
+        # Every pickle of protocol 2 or later starts with the PROTO opcode, 0x80; without it
+        # the file is far more likely something else than an old, damaged pickle.
+        if first != b"\x80":
+            what = "not a pickle file, or a truncated one" if truncated else "not a pickle file"
+        elif truncated:
+            what = "truncated pickle: the data ends early"
+        else:
+            what = "corrupt pickle"
+        raise _error(source, f"{what} ({detail})") from None
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, (tuple, list)):
+        return f"a {type(obj).__name__} of length {len(obj)}"
+    if isinstance(obj, np.ndarray):
+        return f"a numpy array of shape {obj.shape}"
+    return f"a {type(obj).__name__}"
+
+
+def _split(content: Any, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # Checks the (train, test) / (X, y) nesting and returns the four arrays.
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise _error(
+            source,
+            f"expected (train, test), a pair of (X, y) pairs; found {_describe(content)}",
+        )
+    arrays: list[np.ndarray] = []
+    for part, pair in zip(("train", "test"), content, strict=True):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise _error(source, f"the {part} set must be an (X, y) pair; found {_describe(pair)}")
+        for what, array in zip(("images", "labels"), pair, strict=True):
+            if not isinstance(array, np.ndarray):
+                raise _error(
+                    source, f"{part} {what} must be a numpy array; found {_describe(array)}"
+                )
+            arrays.append(array)
+    x_train, y_train, x_test, y_test = arrays
+    return x_train, y_train, x_test, y_test
+
+
+def _check_dtype(array: np.ndarray, what: str, source: str) -> None:
+    # Integers and floats only: bool arrays are masks rather than pixel values or classes,
+    # and complex, string, structured and datetime arrays are not numbers we can train on.
+    if array.dtype.kind not in "uif":
+        raise _error(
+            source,
+            f"{what} have dtype {array.dtype}, which is not numeric (integer or float expected)",
+        )
+
+
+def _check_images(x: np.ndarray, part: str, source: str) -> np.ndarray:
+    # Returns x as an (N, 1, side, side) view with side 28 or 32.
+    _check_dtype(x, f"{part} images", source)
+    shape = x.shape
+    if x.ndim == 2 and shape[1] == 28 * 28:
+        x = x.reshape(-1, 28, 28)
+    if x.ndim == 3:
+        x = x[:, None]
+    square = x.ndim == 4 and x.shape[1] == 1 and x.shape[2] == x.shape[3]
+    if not (square and x.shape[2] in (28, 32)):
+        raise _error(
+            source, f"{part} images have unsupported shape {shape}; expected {_SHAPES_WANTED}"
+        )
+    if len(x) == 0:
+        raise _error(source, f"the {part} set is empty")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise _error(source, f"{part} images contain NaN or infinite values")
+    return x
+
+
+def _format_label(value: Any) -> str:
+    value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_labels(y: np.ndarray, n_images: int, part: str, source: str) -> np.ndarray:
+    _check_dtype(y, f"{part} labels", source)
+    if y.ndim != 1:
+        raise _error(source, f"{part} labels must be 1-D; found shape {y.shape}")
+    if len(y) != n_images:
+        raise _error(source, f"the {part} set has {n_images} images but {len(y)} labels")
+    with np.errstate(invalid="ignore"):
+        bad = (y < 0) | (y > 9)
+        if y.dtype.kind == "f":
+            bad |= ~np.isfinite(y) | (y != np.floor(y))
+    if bad.any():
+        found = _format_label(y[np.argmax(bad)])
+        raise _error(source, f"{part} labels must be integers 0-9, found {found}")
+    return y.astype(np.int64)
+
+
+def _fits_uint8(x: np.ndarray) -> bool:
+    # True when every pixel is an integer in [0, 255], so uint8 storage loses nothing.
+    if x.dtype == np.uint8:
+        return True
+    if x.dtype.kind in "ui":
+        return bool(x.min() >= 0 and x.max() <= 255)
+    # Float data: checked in chunks to bound the temporaries, and to stop at the first
+    # fractional pixel, which for [0, 1] data is in the first chunk.
+    for start in range(0, len(x), 4096):
+        chunk = x[start : start + 4096]
+        if chunk.min() < 0 or chunk.max() > 255 or not np.array_equal(chunk, np.floor(chunk)):
+            return False
+    return True
+
+
+def _pad(x: np.ndarray, dtype: type) -> torch.Tensor:
+    # Copies x into a fresh (N, 1, 32, 32) array, casting and zero-padding 28 x 28 images by
+    # 2 pixels on each side as LeNet did. The copy also frees the result from the unpickled
+    # buffers, which may be read-only.
+    out = np.zeros((len(x), 1, _SIDE, _SIDE), dtype=dtype)
+    lo = (_SIDE - x.shape[2]) // 2
+    out[:, :, lo : lo + x.shape[2], lo : lo + x.shape[3]] = x
+    return torch.from_numpy(out)
+
+
+def _scale_of(x_train: torch.Tensor) -> float:
+    # One constant from the training images, used for train and test alike. (The notebook
+    # divided the test set by its own max.)
+    top = float(x_train.max())
+    if top <= 1.0:
+        return 1.0
+    if top <= 255.0:
+        return 255.0
+    return top
+
+
+def _build(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    source: str,
+) -> ImageData:
+    x_train = _check_images(x_train, "train", source)
+    x_test = _check_images(x_test, "test", source)
+    y_train = _check_labels(y_train, len(x_train), "train", source)
+    y_test = _check_labels(y_test, len(x_test), "test", source)
+    dtype = np.uint8 if _fits_uint8(x_train) and _fits_uint8(x_test) else np.float32
+    train = _pad(x_train, dtype)
+    return ImageData(
+        x_train=train,
+        y_train=torch.from_numpy(y_train),
+        x_test=_pad(x_test, dtype),
+        y_test=torch.from_numpy(y_test),
+        # Taken from the stored (possibly float32-rounded) images, so that the training max
+        # maps to exactly 1.0.
+        scale=_scale_of(train),
+        source=source,
+    )
+
+
+# --- bundled sample --------------------------------------------------------------------------
+
+
+def _load_sample() -> ImageData:
+    sample = resources.files(__package__).joinpath("sample", _SAMPLE_FILE)
+    names = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        # allow_pickle=False: the sample is plain .npy arrays and needs no unpickler at all.
+        with sample.open("rb") as file, np.load(file, allow_pickle=False) as npz:
+            arrays = [npz[name] for name in names]
+    except FileNotFoundError:
+        raise _error(SAMPLE, f"the bundled sample file {_SAMPLE_FILE} is missing") from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise _error(
+            SAMPLE, f"the bundled sample file {_SAMPLE_FILE} is unreadable ({exc})"
+        ) from None
+    return _build(*arrays, SAMPLE)

@@ -1,0 +1,215 @@
+"""The K-fold DataModule: folds as index sets into one copy of the data, device-resident batches.
+
+The images are loaded once per run, kept once as uint8 (or float32 for data that are not
+0-255 integers), and moved to the training device once; a fold is only a pair of index
+tensors into them. Each epoch draws one permutation on the device and yields index-sliced
+batches, scaled to float per batch: no per-image ``__getitem__``, no collate, no workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_cnn.data import ImageData, load_images, to_float
+
+
+class IndexBatches:
+    """An iterable of ``(images, labels)`` batches sliced by index from device-resident tensors.
+
+    Lightning accepts any iterable with ``__len__`` as a dataloader, so this replaces a
+    DataLoader. Under DDP every rank draws the same permutation (same generator seed) and
+    takes its own slice of each global batch, so ``batch_size`` is the global batch.
+
+    Args:
+        images: (N, 1, 32, 32) stored images (uint8 or float32), on the training device.
+        labels: (N,) int64 labels on the same device.
+        indices: (n,) int64 indices of the samples to serve, on the same device.
+        batch_size: Global batch size (summed over ranks).
+        scale: Scaling constant passed to :func:`lit_cnn.data.to_float`.
+        shuffle: Draw a new permutation each epoch (training); else serve in order.
+        seed: Seed of the permutations; epoch ``e`` uses ``seed + e``.
+        rank: This process's rank among ``world_size`` ranks.
+        world_size: Number of data-parallel ranks.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        scale: float,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+        self.batch_size, self.scale, self.shuffle = batch_size, scale, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def _order(self) -> Tensor:
+        if not self.shuffle:
+            return self.indices
+        # The generator lives on the CPU so the permutation is identical on every device
+        # kind; one (n,) int64 copy to the device per epoch is negligible.
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.indices), generator=gen).to(self.indices.device)
+        return self.indices[perm]
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            # Training: every rank must take the same number of steps (DDP all-reduces each).
+            return -(-len(self.indices) // self.batch_size)
+        # Evaluation: this rank's contiguous share, in batches.
+        return -(-len(self._share(self.indices)) // self.batch_size)
+
+    def _share(self, order: Tensor) -> Tensor:
+        # Contiguous near-equal shares: every sample goes to exactly one rank, none padded.
+        return order.tensor_split(self.world_size)[self.rank]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self._order()
+        self.epoch += 1
+        if self.shuffle:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                if self.world_size > 1:
+                    idx = idx.tensor_split(self.world_size)[self.rank]
+                yield to_float(self.images[idx], self.scale), self.labels[idx]
+        else:
+            share = self._share(order)
+            for start in range(0, len(share), self.batch_size):
+                idx = share[start : start + self.batch_size]
+                yield to_float(self.images[idx], self.scale), self.labels[idx]
+
+
+class KFoldDataModule(L.LightningDataModule):
+    """K folds of a notebook-format MNIST pickle (or the bundled sample) for Lightning.
+
+    Set :attr:`fold` to choose which fold ``train_dataloader`` and ``val_dataloader`` serve;
+    ``test_dataloader`` always serves the whole test set, which is never split.
+
+    Args:
+        path: A notebook-format pickle; ``None`` uses ``Datasets/mnist.pkl`` when it exists,
+            else the bundled sample; ``"sample"`` names the sample.
+        k: Number of folds (at least 2).
+        batch_size: Training batch size (the global batch under DDP).
+        seed: Seed of the fold split and of the batch order.
+        stratified: Use ``StratifiedKFold`` (same class mix in every fold) instead of ``KFold``.
+        eval_batch_size: Batch size of validation and test passes.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        k: int = 3,
+        batch_size: int = 128,
+        seed: int = 0,
+        stratified: bool = False,
+        eval_batch_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("k", k, 2),
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+        ):
+            if value < low:
+                raise ValueError(f"data.{name} must be at least {low}, got {value}")
+        self.save_hyperparameters()
+        self.path, self.k, self.batch_size, self.seed = path, k, batch_size, seed
+        self.stratified, self.eval_batch_size = stratified, eval_batch_size
+        self.fold = 0
+        self._data: ImageData | None = None
+        self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._device_data: tuple[torch.device, Tensor, Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def data(self) -> ImageData:
+        """The loaded images and labels (loaded on first use, then kept)."""
+        if self._data is None:
+            self._data = load_images(self.path)
+        return self._data
+
+    @property
+    def source(self) -> str:
+        """Where the data came from: a file path or ``"sample"``."""
+        return str(self.data.source)
+
+    @property
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(train_indices, val_indices)`` of each fold, into the training set."""
+        if self._folds is None:
+            from sklearn.model_selection import KFold, StratifiedKFold
+
+            y = self.data.y_train.numpy()
+            limit, what = len(y), "the number of training images"
+            if self.stratified:
+                limit, what = int(np.bincount(y).min()), "the size of the smallest class"
+            if self.k > limit:
+                raise ValueError(
+                    f"data.k must be at most {what} ({limit} in {self.source}), got {self.k}"
+                )
+            splitter_cls = StratifiedKFold if self.stratified else KFold
+            splitter = splitter_cls(self.k, shuffle=True, random_state=self.seed)
+            self._folds = list(splitter.split(np.zeros(len(y)), y))
+        return self._folds
+
+    def device_data(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The stored train and test tensors on ``device``, moved there once per run."""
+        if self._device_data is None or self._device_data[0] != device:
+            d = self.data
+            self._device_data = (
+                device,
+                *(t.to(device) for t in (d.x_train, d.y_train, d.x_test, d.y_test)),
+            )
+        return self._device_data[1:]
+
+    def _device(self) -> torch.device:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _ranks(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return 0, 1
+
+    def _batches(self, split: str, shuffle: bool) -> IndexBatches:
+        device = self._device()
+        x_train, y_train, x_test, y_test = self.device_data(device)
+        rank, world = self._ranks()
+        if split == "test":
+            images, labels = x_test, y_test
+            indices = torch.arange(len(y_test), device=device)
+        else:
+            images, labels = x_train, y_train
+            train_idx, val_idx = self.folds[self.fold]
+            indices = torch.as_tensor(train_idx if split == "train" else val_idx, device=device)
+        return IndexBatches(
+            images,
+            labels,
+            indices,
+            self.batch_size if shuffle else self.eval_batch_size,
+            self.data.scale,
+            shuffle=shuffle,
+            seed=self.seed * 1000 + self.fold,
+            rank=rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> IndexBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> IndexBatches:
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self) -> IndexBatches:
+        return self._batches("test", shuffle=False)

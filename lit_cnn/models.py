@@ -1,0 +1,288 @@
+"""The six architectures of the homework notebook as LightningModules, and their registry.
+
+Every architecture takes 1x32x32 images and returns 10 logits. What they share (loss,
+metrics, logging, the optimizer) lives in :class:`CNNModule`; a subclass only builds layers.
+
+    >>> from lit_cnn import get_model, list_models
+    >>> list_models()
+    ['DeepCNN', 'ResNN', 'ResNNBatch', 'ResNNBatch_NoSkip', 'ResNNBatch_Skip', 'ShallowCNN']
+    >>> model = get_model("DeepCNN", lr=1e-3)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+NUM_CLASSES = 10
+OPTIMIZERS = ("adam", "sgdm")
+STAGES = ("train", "val", "test")
+
+_REGISTRY: dict[str, type[CNNModule]] = {}
+
+
+def register(cls: type[CNNModule]) -> type[CNNModule]:
+    """Class decorator: adds an architecture to the registry under its class name."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def list_models() -> list[str]:
+    """Returns the names of the registered architectures, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model_class(name: str) -> type[CNNModule]:
+    """Returns the class registered under ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the valid names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+        ) from None
+
+
+def get_model(name: str, **hparams) -> CNNModule:
+    """Builds the architecture registered under ``name``.
+
+    Args:
+        name: One of :func:`list_models`.
+        **hparams: Passed to the architecture (``lr``, ``l2``, ``optimizer``, ``softmax_output``).
+    """
+    return get_model_class(name)(**hparams)
+
+
+class CNNModule(L.LightningModule):
+    """Base LightningModule: cross-entropy on logits, per-stage metrics, Adam or SGD+momentum.
+
+    Metrics accumulate on the device in torchmetrics objects (no host sync per step) and are
+    logged once per epoch as ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
+    ``test/loss`` and ``test/acc``. Under DDP they are summed over ranks at ``compute()``, so
+    every validation and test image counts once.
+
+    Args:
+        lr: Learning rate.
+        l2: Weight decay (L2 penalty), applied by both optimizers.
+        optimizer: ``"adam"`` (Adam) or ``"sgdm"`` (SGD with momentum 0.9).
+        softmax_output: End the network in Softmax and take the cross-entropy of those
+            probabilities, as the notebook did. Only for reproducing its ResNN collapse.
+        compile: Wrap the network in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        l2: float = 1e-3,
+        optimizer: Literal["adam", "sgdm"] = "adam",
+        softmax_output: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid optimizers: adam, sgdm")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"model.lr must be a finite number > 0, got {lr}")
+        if not (math.isfinite(l2) and l2 >= 0):
+            raise ValueError(f"model.l2 must be a finite number >= 0, got {l2}")
+        self.save_hyperparameters()
+        self.net = self.build()
+        if softmax_output:
+            self.net.append(nn.Softmax(dim=-1))
+        self._forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
+        self.example_input_array = torch.zeros(2, 1, 32, 32)
+        for stage in STAGES:
+            # nan_strategy="disable" and validate_args=False: their checks read tensors on
+            # the host, which would cost a device sync on every step.
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+            setattr(
+                self,
+                f"{stage}_acc",
+                MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False),
+            )
+        # Epoch records of the current fit: {"epoch", "train/loss", "train/acc", "val/..."}.
+        self.history: list[dict[str, float]] = []
+        self._val_result: dict[str, float] = {}
+
+    def build(self) -> nn.Sequential:
+        """Returns the network's layers; each architecture overrides this."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps images (B, 1, 32, 32) to logits (B, 10), or probabilities with softmax_output."""
+        return self._forward(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        out = self(x)
+        # With softmax_output the notebook's mistake is kept on purpose: cross_entropy applies
+        # log-softmax again on top of probabilities, which flattens the gradients.
+        loss = F.cross_entropy(out, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), y.shape[0])
+        getattr(self, f"{stage}_acc").update(out.detach(), y)
+        return loss
+
+    def _epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        loss_metric, acc_metric = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        values = {f"{stage}/loss": loss_metric.compute(), f"{stage}/acc": acc_metric.compute()}
+        loss_metric.reset()
+        acc_metric.reset()
+        return values
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._epoch_metrics("val")
+        # Metrics are already reduced over ranks by torchmetrics: no sync_dist needed.
+        self.log_dict(values, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self._val_result = {k: float(v) for k, v in values.items()}
+
+    def on_train_epoch_end(self) -> None:
+        values = self._epoch_metrics("train")
+        self.log_dict(values, prog_bar=True)
+        record = {"epoch": self.current_epoch, **{k: float(v) for k, v in values.items()}}
+        record.update(self._val_result)
+        self._val_result = {}
+        self.history.append(record)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._epoch_metrics("test"))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        if hp.optimizer == "sgdm":
+            # The notebook passed no weight_decay to SGD: l2 was silently ignored.
+            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.l2)
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.l2)
+
+
+@register
+class ShallowCNN(CNNModule):
+    """One 5x5 conv (3 channels) and a 120-unit hidden layer: 370,048 parameters."""
+
+    def __init__(self, lr: float = 2e-3, l2: float = 1e-2, **kwargs) -> None:
+        super().__init__(lr=lr, l2=l2, **kwargs)
+
+    def build(self) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(1, 3, kernel_size=5, stride=1, padding=2),  # 3x32x32
+            nn.ReLU(),
+            nn.Flatten(),  # 3072
+            nn.Linear(3 * 32 * 32, 120),
+            nn.ReLU(),
+            nn.Linear(120, NUM_CLASSES),
+        )
+
+
+@register
+class DeepCNN(CNNModule):
+    """Two 3x3 conv blocks (16, 32 channels) with 2x2 pooling, then 120 units: 251,890."""
+
+    def __init__(self, lr: float = 1e-3, l2: float = 1e-3, **kwargs) -> None:
+        super().__init__(lr=lr, l2=l2, **kwargs)
+
+    def build(self) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),  # 16x32x32
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),  # 16x16x16
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),  # 32x16x16
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),  # 32x8x8
+            nn.Flatten(),  # 2048
+            nn.Linear(32 * 8 * 8, 120),
+            nn.ReLU(),
+            nn.Linear(120, NUM_CLASSES),
+        )
+
+
+@register
+class ResNN(CNNModule):
+    """The notebook's small strided net without BatchNorm: 93,712 parameters."""
+
+    batch_norm = False
+
+    def __init__(self, lr: float = 1e-3, l2: float = 1e-2, **kwargs) -> None:
+        super().__init__(lr=lr, l2=l2, **kwargs)
+
+    def block(self, c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
+        """Conv (+ BatchNorm) + ReLU + MaxPool(k2, s1)."""
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=1)]
+        if self.batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        return [*layers, nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=1)]
+
+    def build(self) -> nn.Sequential:
+        return nn.Sequential(
+            *self.block(1, 6, kernel=4, stride=2),  # conv 6x16x16, pool 6x15x15
+            *self.block(6, 12, kernel=2, stride=3),  # conv 12x6x6, pool 12x5x5
+            nn.Flatten(),  # 300
+            nn.Linear(12 * 5 * 5, 300),
+            nn.ReLU(),
+            nn.Linear(300, NUM_CLASSES),
+        )
+
+
+@register
+class ResNNBatch(ResNN):
+    """ResNN with BatchNorm2d after each conv: 93,748 parameters."""
+
+    batch_norm = True
+
+
+@register
+class ResNNBatch_NoSkip(ResNNBatch):  # noqa: N801 (the notebook's name)
+    """The same layers as ResNNBatch: the control of the skip-connection experiment."""
+
+
+class _SkipBlock(nn.Module):
+    """Conv-BN, plus a 1x1 projection shortcut of the input, then ReLU (ResNet's option B)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=1)
+        self.bn = nn.BatchNorm2d(c_out)
+        # 6x15x15 -> 12x6x6, the shape of the conv branch: (15 - 1 + 2)/3 + 1 = 6.
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, padding=1),
+            nn.BatchNorm2d(c_out),
+        )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)) + self.shortcut(x))
+
+
+@register
+class ResNNBatch_Skip(ResNNBatch):  # noqa: N801 (the notebook's name)
+    """ResNNBatch with a projection shortcut around the second conv block: 93,856 parameters."""
+
+    def build(self) -> nn.Sequential:
+        return nn.Sequential(
+            *self.block(1, 6, kernel=4, stride=2),  # 6x15x15
+            _SkipBlock(6, 12, kernel=2, stride=3),  # 12x6x6
+            nn.MaxPool2d(kernel_size=2, stride=1),  # 12x5x5
+            nn.Flatten(),
+            nn.Linear(12 * 5 * 5, 300),
+            nn.ReLU(),
+            nn.Linear(300, NUM_CLASSES),
+        )

@@ -1,0 +1,148 @@
+"""Files and figures of a K-fold run, made from its fold records (never from the loop itself).
+
+Every file is written atomically: a temporary file in the same directory, then a rename, so a
+kill at any moment leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Writes ``path`` through ``write(file)`` into a temporary sibling, then renames it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes ``text`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (numpy's default, as the notebook used)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std())
+
+
+def notebook_summary(results: dict[str, Any]) -> str:
+    """The notebook's closing lines: ``Training accuracy: m+/-s`` and ``Test accuracy: m+/-s``."""
+    return (
+        f"Training accuracy: {results['train_acc_mean']:.4f}+/-{results['train_acc_std']:.4f}\n"
+        f"Test accuracy: {results['test_acc_mean']:.4f}+/-{results['test_acc_std']:.4f}"
+    )
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """A Markdown table: one row per fold, then the mean +/- std row and the ensemble."""
+    lines = [
+        f"# {results['model']}: {results['k']}-fold cross-validation (seed {results['seed']})",
+        "",
+        "| fold | best epoch | train acc | val loss | val acc | test loss | test acc | fit s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["folds"]:
+        lines.append(
+            f"| {r['fold']} | {r['best_epoch']} | {r['train_acc']:.4f} | {r['val_loss']:.4f} "
+            f"| {r['val_acc']:.4f} | {r['test_loss']:.4f} | {r['test_acc']:.4f} "
+            f"| {r['fit_seconds']:.1f} |"
+        )
+    lines.append(
+        f"| mean ± std | | {results['train_acc_mean']:.4f} ± {results['train_acc_std']:.4f} "
+        f"| | | | {results['test_acc_mean']:.4f} ± {results['test_acc_std']:.4f} | |"
+    )
+    lines += [
+        "",
+        f"Ensemble of the {len(results['folds'])} fold models "
+        f"(averaged softmax): test accuracy {results['ensemble_test_acc']:.4f}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def curves_figure(folds: Sequence[dict[str, Any]]):  # -> matplotlib Figure
+    """The notebook's two panels, loss and accuracy per epoch, train vs validation, per fold."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for r in folds:
+        hist = r["history"]
+        epochs = [h["epoch"] for h in hist]
+        for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+            (line,) = ax.plot(
+                epochs, [h[f"train/{metric}"] for h in hist], label=f"fold {r['fold']} train"
+            )
+            ax.plot(
+                epochs,
+                [h.get(f"val/{metric}", np.nan) for h in hist],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"fold {r['fold']} validation",
+            )
+    for ax, title in zip(axes, ("Loss", "Accuracy"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str):
+    """The confusion matrix of ``y_pred`` against ``y_true``, drawn by scikit-learn."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.subplots()
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, ax=ax, colorbar=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    """Saves a matplotlib figure as PNG, atomically."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def write_report(
+    run_dir: Path, results: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray
+) -> None:
+    """Writes results.json, summary.md, curves.png and confusion_matrix.png into ``run_dir``,
+    and logs the two figures to a TensorBoard run at ``run_dir`` itself."""
+    write_json(run_dir / "results.json", results)
+    write_text(run_dir / "summary.md", summary_markdown(results))
+    figures = {
+        "curves": curves_figure(results["folds"]),
+        "confusion_matrix": confusion_figure(
+            y_true, y_pred, f"{results['model']}: fold ensemble on the test set"
+        ),
+    }
+    for name, fig in figures.items():
+        save_figure(fig, run_dir / f"{name}.png")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir)) as writer:
+        for name, fig in figures.items():
+            writer.add_figure(name, fig, close=False)

@@ -1,0 +1,16 @@
+"""K-fold cross-validation of one architecture: the notebook's KFoldCrossValidation, on Lightning.
+
+    python scripts/kfold.py                                   # DeepCNN, 3 folds, 30 epochs
+    python scripts/kfold.py --model ShallowCNN --trainer.max_epochs 5
+    python scripts/kfold.py --config scripts/configs/resnn_batch.yaml
+    python scripts/kfold.py --help                            # every option
+
+Results land in lightning_logs/<model>/<run>/; the last line printed is that directory.
+"""
+
+import sys
+
+from lit_cnn.cli import cli_main
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

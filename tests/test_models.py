@@ -1,0 +1,122 @@
+"""The architectures, parametrised over the registry: a new one is tested without new code."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lit_cnn
+from lit_cnn.models import CNNModule, get_model_class
+
+PARAMS = {
+    "ShallowCNN": 370_048,
+    "DeepCNN": 251_890,
+    "ResNN": 93_712,
+    "ResNNBatch": 93_748,
+    "ResNNBatch_NoSkip": 93_748,
+    "ResNNBatch_Skip": 93_856,
+}
+NAMES = lit_cnn.list_models()
+
+
+def test_registry_lists_the_six():
+    assert NAMES == sorted(PARAMS)
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'Nope'.*DeepCNN.*ShallowCNN"):
+        lit_cnn.get_model("Nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_is_batch_by_10(name):
+    model = lit_cnn.get_model(name).eval()
+    assert model(torch.rand(5, 1, 32, 32)).shape == (5, 10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count(name):
+    model = lit_cnn.get_model(name)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    model = lit_cnn.get_model(name)
+    loss = F.cross_entropy(model(torch.rand(8, 1, 32, 32)), torch.arange(8))
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_falls_on_the_sample(name, sample_batch):
+    x, y = sample_batch
+    torch.manual_seed(0)
+    model = lit_cnn.get_model(name)
+    opt = model.configure_optimizers()
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_by_default_softmax_on_request(name):
+    x = torch.rand(4, 1, 32, 32)
+    logits = lit_cnn.get_model(name).eval()(x)
+    assert not torch.allclose(logits.sum(1), torch.ones(4))
+    probs = lit_cnn.get_model(name, softmax_output=True).eval()(x)
+    assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_input_array_for_model_summary(name):
+    model = lit_cnn.get_model(name)
+    assert tuple(model.example_input_array.shape[1:]) == (1, 32, 32)
+
+
+def test_notebook_defaults_per_architecture():
+    assert lit_cnn.get_model("ShallowCNN").hparams.lr == 2e-3
+    assert lit_cnn.get_model("ShallowCNN").hparams.l2 == 1e-2
+    assert lit_cnn.get_model("DeepCNN").hparams.l2 == 1e-3
+    for name in ("ResNN", "ResNNBatch", "ResNNBatch_NoSkip", "ResNNBatch_Skip"):
+        hp = lit_cnn.get_model(name).hparams
+        assert (hp.lr, hp.l2, hp.optimizer) == (1e-3, 1e-2, "adam")
+
+
+@pytest.mark.parametrize("optimizer,cls", [("adam", torch.optim.Adam), ("sgdm", torch.optim.SGD)])
+def test_both_optimizers_apply_l2(optimizer, cls):
+    opt = lit_cnn.get_model("DeepCNN", optimizer=optimizer, l2=0.05, lr=0.1).configure_optimizers()
+    assert isinstance(opt, cls)
+    group = opt.param_groups[0]
+    assert group["weight_decay"] == 0.05 and group["lr"] == 0.1
+    if optimizer == "sgdm":
+        assert group["momentum"] == 0.9
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'.*adam, sgdm"):
+        lit_cnn.get_model("DeepCNN", optimizer="rmsprop")
+
+
+def test_skip_block_changes_the_function():
+    # The skip net differs from NoSkip by the shortcut only: zeroing it gives NoSkip's function.
+    skip = get_model_class("ResNNBatch_Skip")().eval()
+    block = skip.net[4]
+    x = torch.rand(3, 6, 15, 15)
+    with_shortcut = block(x)
+    torch.nn.init.zeros_(block.shortcut[0].weight)
+    torch.nn.init.zeros_(block.shortcut[0].bias)
+    torch.nn.init.zeros_(block.shortcut[1].bias)
+    without = block(x)
+    assert not torch.allclose(with_shortcut, without)
+    assert torch.allclose(without, block.relu(block.bn(block.conv(x))))
+
+
+def test_base_class_builds_nothing():
+    with pytest.raises(NotImplementedError):
+        CNNModule()
