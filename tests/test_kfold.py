@@ -275,3 +275,21 @@ def test_a_bad_option_is_one_line_and_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "NoSuchNet" in err
     assert not (tmp_path / "lightning_logs").exists()
+
+
+CONFIGS = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_notebook_configs_parse(config, capsys):
+    import yaml
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["--config", str(config), "--print_config"])
+    assert exc.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    given = yaml.safe_load(config.read_text())
+    assert printed["model"]["class_path"] == given["model"]["class_path"]
+    assert printed["model"]["init_args"]["lr"] == given["model"]["init_args"]["lr"]
+    assert printed["trainer"]["max_epochs"] == given["trainer"]["max_epochs"]
+    assert printed["early_break"] == given["early_break"]
