@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError, Namespace
@@ -22,6 +24,7 @@ from lit_cnn.data import DataError
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.kfold import FoldSetup, new_run_dir, run_kfold
 from lit_cnn.models import CNNModule, list_models
+from lit_cnn.report import write_text
 
 PROG = "kfold.py"
 
@@ -75,6 +78,12 @@ class KFoldCLI(LightningCLI):
             type=str | None,
             default=None,
             help="Name of the run directory (default: the next version_N).",
+        )
+        parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="Continue the run in this run directory with its saved configuration.",
         )
         parser.set_defaults({"model": {"class_path": "lit_cnn.models.DeepCNN"}})
 
@@ -142,14 +151,83 @@ def _fail(message: str) -> int:
     return 2
 
 
+# Options that may accompany --resume: they change how a run looks, not its results.
+RESUME_ALLOWED = ("--trainer.enable_progress_bar",)
+
+
+class _Terminated(SystemExit):
+    """Raised by the SIGTERM handler (a SystemExit, so nothing swallows it)."""
+
+
+_signal_received: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _signal_received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise _Terminated(128 + signum)
+
+
+def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Takes ``--resume DIR`` out of ``argv``; refuses options that would change the run."""
+    resume, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--resume" or arg.startswith("--resume="):
+            if "=" in arg:
+                resume = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                resume, i = argv[i + 1], i + 1
+            else:
+                raise UsageError("--resume needs a run directory")
+        else:
+            rest.append(arg)
+        i += 1
+    if resume is None:
+        return None, argv
+    for arg in rest:
+        name = arg.split("=", 1)[0]
+        if name.startswith("-") and name not in RESUME_ALLOWED:
+            raise UsageError(
+                f"--resume continues the run with its saved configuration; {name} would change "
+                "its results (only --trainer.enable_progress_bar may be given)"
+            )
+    return resume, rest
+
+
+def _resume_dir(path: str) -> Path:
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {path}: no such directory")
+    if not (run_dir / CONFIG).is_file() or not (run_dir / "folds.json").is_file():
+        raise UsageError(
+            f"--resume {path}: not a run directory (it has no {CONFIG} and folds.json)"
+        )
+    return run_dir
+
+
+CONFIG = "config.yaml"
+
+
 def cli_main(args: list[str] | None = None) -> int:
     """Parses options, runs the folds and returns the exit status.
+
+    Exit status: 0 done; 1 some fold diverged; 2 a bad option or data file (one line on
+    stderr, nothing written); 130 or 143 interrupted by SIGINT or SIGTERM (resumable).
 
     Args:
         args: Command-line arguments; ``None`` takes ``sys.argv[1:]``.
     """
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        cli = KFoldCLI(args=args)
+        resume, argv = _split_resume(argv)
+        run_dir = _resume_dir(resume) if resume else None
+        if run_dir is not None:
+            argv = ["--config", str(run_dir / CONFIG), *argv]
+        cli = KFoldCLI(args=argv)
+    except UsageError as err:
+        return _fail(str(err))
     except ArgumentError as err:
         return _fail(parse_error_line(err))
     except DataError as err:
@@ -168,21 +246,42 @@ def cli_main(args: list[str] | None = None) -> int:
         return _fail(str(err))
     except ValueError as err:
         return _fail(own_message(err) or str(err))
+    if run_dir is None:
+        try:
+            run_dir = new_run_dir(cfg.trainer.default_root_dir, model_name, cfg.run_name)
+            write_text(run_dir / CONFIG, cli.parser.dump(cfg, skip_none=False))
+        except FileExistsError as err:
+            return _fail(f"run directory {err.filename} exists; choose another --run_name")
+        except OSError as err:
+            where = cfg.trainer.default_root_dir or "."
+            return _fail(f"--trainer.default_root_dir {where}: cannot write there ({err.strerror})")
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _signal_received.clear()
     try:
-        run_dir = new_run_dir(cfg.trainer.default_root_dir, model_name, cfg.run_name)
-    except FileExistsError as err:
-        return _fail(f"run directory {err.filename} exists; choose another --run_name")
-    except OSError as err:
-        return _fail(f"cannot create the run directory: {err}")
-    (run_dir / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False))
-    run_kfold(
-        cli.fold_setup,
-        dm,
-        run_dir,
-        model_name=model_name,
-        config=config_dict(cli.parser, cfg),
-        early_break=cfg.early_break,
-        patience=cfg.patience,
-    )
+        results = run_kfold(
+            cli.fold_setup,
+            dm,
+            run_dir,
+            model_name=model_name,
+            config=config_dict(cli.parser, cfg),
+            early_break=cfg.early_break,
+            patience=cfg.patience,
+        )
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if not _signal_received:
+            raise
+        signum = _signal_received[0]
+        print(
+            f"{PROG}: interrupted by {signal.Signals(signum).name}; finished folds and each "
+            f"fold's last checkpoint are kept. Resume with:\n"
+            f"  python scripts/kfold.py --resume {run_dir}",
+            file=sys.stderr,
+        )
+        del exc
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(run_dir)
-    return 0
+    return 1 if results["diverged_folds"] else 0

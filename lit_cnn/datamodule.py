@@ -8,7 +8,7 @@ batches, scaled to float per batch: no per-image ``__getitem__``, no collate, no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -32,9 +32,11 @@ class IndexBatches:
         batch_size: Global batch size (summed over ranks).
         scale: Scaling constant passed to :func:`lit_cnn.data.to_float`.
         shuffle: Draw a new permutation each epoch (training); else serve in order.
-        seed: Seed of the permutations; epoch ``e`` uses ``seed + e``.
+        seed: Seed of the permutations (each epoch's is derived from it and the epoch).
         rank: This process's rank among ``world_size`` ranks.
         world_size: Number of data-parallel ranks.
+        epoch_fn: Returns the current epoch (the Trainer's, so a resumed fit draws the same
+            permutations as an uninterrupted one); ``None`` counts the epochs served.
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class IndexBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        epoch_fn: Callable[[], int] | None = None,
     ) -> None:
         self.images, self.labels, self.indices = images, labels, indices
+        self.epoch_fn = epoch_fn
         self.batch_size, self.scale, self.shuffle = batch_size, scale, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
@@ -59,7 +63,8 @@ class IndexBatches:
             return self.indices
         # The generator lives on the CPU so the permutation is identical on every device
         # kind; one (n,) int64 copy to the device per epoch is negligible.
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.indices), generator=gen).to(self.indices.device)
         return self.indices[perm]
 
@@ -172,6 +177,11 @@ class KFoldDataModule(L.LightningDataModule):
             )
         return self._device_data[1:]
 
+    @property
+    def device_data_device(self) -> torch.device:
+        """The device the data were last moved to (the CPU before any)."""
+        return self._device_data[0] if self._device_data is not None else torch.device("cpu")
+
     def _device(self) -> torch.device:
         if self.trainer is not None:
             return self.trainer.strategy.root_device
@@ -203,6 +213,7 @@ class KFoldDataModule(L.LightningDataModule):
             seed=self.seed * 1000 + self.fold,
             rank=rank,
             world_size=world,
+            epoch_fn=(lambda: self.trainer.current_epoch) if self.trainer is not None else None,
         )
 
     def train_dataloader(self) -> IndexBatches:

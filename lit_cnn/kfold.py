@@ -16,6 +16,7 @@ The run directory is ``<root>/lightning_logs/<model>/<run_name or version_N>/``:
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 import time
@@ -34,7 +35,7 @@ from lit_cnn import __version__
 from lit_cnn.data import to_float
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.models import CNNModule
-from lit_cnn.report import mean_std, notebook_summary, write_json, write_report
+from lit_cnn.report import atomic_write, mean_std, notebook_summary, write_json, write_report
 from lit_cnn.timing import EpochTimer
 
 
@@ -84,8 +85,8 @@ def _versions() -> dict[str, str]:
     return {"lit_cnn": __version__, "torch": torch.__version__, "lightning": L.__version__}
 
 
-def _device_name(trainer: L.Trainer) -> str:
-    device = trainer.strategy.root_device
+def _device_name(dm: KFoldDataModule) -> str:
+    device = dm.device_data_device
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{device.type} ({platform.processor() or platform.machine()})"
@@ -108,8 +109,13 @@ def predict_proba(model: CNNModule, dm: KFoldDataModule, device: torch.device) -
 
 
 def train_fold(
-    fold: int, setup: FoldSetup, dm: KFoldDataModule, run_dir: Path, patience: int | None = None
-) -> tuple[dict[str, Any], torch.Tensor, L.Trainer]:
+    fold: int,
+    setup: FoldSetup,
+    dm: KFoldDataModule,
+    run_dir: Path,
+    patience: int | None = None,
+    ckpt_path: Path | None = None,
+) -> tuple[dict[str, Any], torch.Tensor | None, L.Trainer]:
     """Trains, checkpoints and tests one fold.
 
     Args:
@@ -118,9 +124,11 @@ def train_fold(
         dm: The run's DataModule; its ``fold`` is set here.
         run_dir: The run directory; the fold writes into ``run_dir/fold_<fold>``.
         patience: Stop after this many epochs without a lower validation loss.
+        ckpt_path: Continue from this checkpoint (model, optimizer, epoch and callbacks).
 
     Returns:
-        The fold's record, its best model's test-set probabilities, and its Trainer.
+        The fold's record, its best model's test-set probabilities (``None`` if the fold
+        diverged), and its Trainer.
     """
     fold_dir = run_dir / f"fold_{fold}"
     checkpoint = ModelCheckpoint(
@@ -146,10 +154,30 @@ def train_fold(
     dm.fold = fold
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
 
     history = model.history
+    record: dict[str, Any] = {
+        "fold": fold,
+        "best_epoch": None,
+        "train_acc": None,
+        "val_loss": None,
+        "val_acc": None,
+        "test_loss": None,
+        "test_acc": None,
+        "test_samples": 0,
+        "fit_seconds": fit_seconds,
+        "train_epoch_seconds": timer.seconds,
+        "diverged": model.diverged,
+        "history": history,
+    }
+    if model.diverged:
+        record["diverged_epoch"] = (
+            model.diverged_epoch if model.diverged_epoch is not None else model.current_epoch
+        )
+        return record, None, trainer
+
     best = min(range(len(history)), key=lambda i: history[i].get("val/loss", np.inf))
     # Restores best.ckpt into `model` (the notebook tested the last epoch by mistake).
     test = trainer.test(model, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[
@@ -160,21 +188,35 @@ def train_fold(
         {**model.hparams, **dm.hparams, "fold": fold}, metrics={"test/acc": test["test/acc"]}
     )
     logger.finalize("success")
-    record = {
-        "fold": fold,
-        "best_epoch": history[best]["epoch"],
-        "train_acc": history[best]["train/acc"],
-        "val_loss": history[best]["val/loss"],
-        "val_acc": history[best]["val/acc"],
-        "test_loss": float(test["test/loss"]),
-        "test_acc": float(test["test/acc"]),
-        "test_samples": len(probs),
-        "fit_seconds": fit_seconds,
-        "train_epoch_seconds": timer.seconds,
-        "diverged": False,
-        "history": history,
-    }
+    record.update(
+        best_epoch=history[best]["epoch"],
+        train_acc=history[best]["train/acc"],
+        val_loss=history[best]["val/loss"],
+        val_acc=history[best]["val/acc"],
+        test_loss=float(test["test/loss"]),
+        test_acc=float(test["test/acc"]),
+        test_samples=len(probs),
+    )
     return record, probs, trainer
+
+
+RECORD = "record.json"
+PROBS = "test_probs.npy"
+
+
+def _save_fold(fold_dir: Path, record: dict[str, Any], probs: torch.Tensor | None) -> None:
+    # Probabilities first: a record on disk means the fold is complete.
+    if probs is not None:
+        atomic_write(fold_dir / PROBS, lambda f: np.save(f, probs.numpy()))
+    write_json(fold_dir / RECORD, record)
+
+
+def _load_fold(fold_dir: Path) -> tuple[dict[str, Any], torch.Tensor | None] | None:
+    if not (fold_dir / RECORD).is_file():
+        return None
+    record = json.loads((fold_dir / RECORD).read_text())
+    probs = None if record["diverged"] else torch.from_numpy(np.load(fold_dir / PROBS))
+    return record, probs
 
 
 def run_kfold(
@@ -205,25 +247,47 @@ def run_kfold(
         The contents of results.json.
     """
     folds = dm.folds
-    write_json(run_dir / "folds.json", {"val_indices": [v.tolist() for _, v in folds]})
+    if not (run_dir / "folds.json").is_file():
+        write_json(run_dir / "folds.json", {"val_indices": [v.tolist() for _, v in folds]})
     n_folds = 1 if early_break else dm.k
     records, probs = [], []
-    trainer = None
     for fold in range(n_folds):
-        # Seeding per fold makes a fold's result independent of which folds ran before it.
-        L.seed_everything(dm.seed + fold, verbose=False)
-        record, fold_probs, trainer = train_fold(fold, build(fold), dm, run_dir, patience)
+        fold_dir = run_dir / f"fold_{fold}"
+        done = _load_fold(fold_dir)
+        if done is not None:  # recorded by an earlier, interrupted invocation: not retrained
+            record, fold_probs = done
+            log(f"Fold {fold + 1}/{dm.k}: recorded earlier, not retrained")
+        else:
+            last = fold_dir / "checkpoints" / "last.ckpt"
+            # Seeding per fold makes a fold's result independent of which folds ran before.
+            L.seed_everything(dm.seed + fold, verbose=False)
+            record, fold_probs, _ = train_fold(
+                fold, build(fold), dm, run_dir, patience, last if last.is_file() else None
+            )
+            _save_fold(fold_dir, record, fold_probs)
+            if record["diverged"]:
+                log(
+                    f"Fold {fold + 1}/{dm.k}: DIVERGED (non-finite training loss in epoch "
+                    f"{record['diverged_epoch']}), {record['fit_seconds']:.1f} s"
+                )
+            else:
+                log(
+                    f"Fold {fold + 1}/{dm.k}: test acc {record['test_acc']:.4f}, "
+                    f"{record['fit_seconds']:.1f} s"
+                )
         records.append(record)
         probs.append(fold_probs)
-        log(
-            f"Fold {fold + 1}/{dm.k}: test acc {record['test_acc']:.4f}, "
-            f"{record['fit_seconds']:.1f} s"
-        )
 
+    ok = [r for r in records if not r["diverged"]]
+    diverged = [r["fold"] for r in records if r["diverged"]]
     y_test = dm.data.y_test.numpy()
-    ensemble = torch.stack(probs).mean(dim=0).argmax(dim=1).numpy()
-    train_mean, train_std = mean_std([r["train_acc"] for r in records])
-    test_mean, test_std = mean_std([r["test_acc"] for r in records])
+    if ok:
+        mean_probs = torch.stack([p for p in probs if p is not None]).mean(dim=0)
+        ensemble = mean_probs.argmax(dim=1).numpy()
+    else:
+        ensemble = np.full_like(y_test, -1)
+    train_mean, train_std = mean_std([r["train_acc"] for r in ok])
+    test_mean, test_std = mean_std([r["test_acc"] for r in ok])
     results = {
         "model": model_name,
         "k": dm.k,
@@ -235,12 +299,19 @@ def run_kfold(
         "train_acc_std": train_std,
         "test_acc_mean": test_mean,
         "test_acc_std": test_std,
-        "ensemble_test_acc": float((ensemble == y_test).mean()),
+        "ensemble_test_acc": float((ensemble == y_test).mean()) if ok else None,
+        "diverged_folds": diverged,
         "versions": _versions(),
-        "device": _device_name(trainer),
+        "device": _device_name(dm),
     }
     write_report(run_dir, results, y_test, ensemble)
     log("Final results:" if not early_break else "Results of the first fold:")
-    log(notebook_summary(results))
-    log(f"Ensemble test accuracy: {results['ensemble_test_acc']:.4f}")
+    if diverged:
+        log(
+            f"Diverged folds {diverged} are left out of mean+/-std and the ensemble "
+            f"({len(ok)} of {len(records)} folds counted)."
+        )
+    if ok:
+        log(notebook_summary(results))
+        log(f"Ensemble test accuracy: {results['ensemble_test_acc']:.4f}")
     return results

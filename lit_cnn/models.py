@@ -114,6 +114,11 @@ class CNNModule(L.LightningModule):
         # Epoch records of the current fit: {"epoch", "train/loss", "train/acc", "val/..."}.
         self.history: list[dict[str, float]] = []
         self._val_result: dict[str, float] = {}
+        # Divergence watch: a device flag set when a training loss is NaN or infinite, copied
+        # to the host without waiting (non_blocking) and read one step later: no sync per step.
+        self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
+        self._nonfinite_host = torch.zeros((), dtype=torch.bool)
+        self.diverged_epoch: int | None = None
 
     def build(self) -> nn.Sequential:
         """Returns the network's layers; each architecture overrides this."""
@@ -141,7 +146,31 @@ class CNNModule(L.LightningModule):
         return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        self._nonfinite |= ~torch.isfinite(loss.detach())
+        self._nonfinite_host.copy_(self._nonfinite, non_blocking=True)
+        return loss
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda" and not self._nonfinite_host.is_pinned():
+            self._nonfinite_host = self._nonfinite_host.pin_memory()
+
+    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> int | None:
+        # The host copy of the flag lags at most a step behind: reading it costs no sync.
+        if self._check_divergence():
+            return -1  # ends the epoch here; should_stop ends the fit
+        return None
+
+    def _check_divergence(self) -> bool:
+        if self.diverged_epoch is None and bool(self._nonfinite_host):
+            self.diverged_epoch = self.current_epoch
+            self.trainer.should_stop = True
+        return self.diverged_epoch is not None
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a training loss of the current fit was NaN or infinite."""
+        return self.diverged_epoch is not None or bool(self._nonfinite)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -157,12 +186,20 @@ class CNNModule(L.LightningModule):
             self._val_result = {k: float(v) for k, v in values.items()}
 
     def on_train_epoch_end(self) -> None:
+        self._check_divergence()  # a loss that went non-finite in the epoch's last step
         values = self._epoch_metrics("train")
         self.log_dict(values, prog_bar=True)
         record = {"epoch": self.current_epoch, **{k: float(v) for k, v in values.items()}}
         record.update(self._val_result)
         self._val_result = {}
         self.history.append(record)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The per-epoch records are what a resumed fold needs to report its best epoch.
+        checkpoint["lit_cnn_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("lit_cnn_history", []))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._epoch_metrics("test"))

@@ -28,9 +28,20 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def _finite(obj: Any) -> Any:
+    # JSON has no NaN or Infinity: a diverged loss is written as null.
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2) + "\n"
+    """Writes ``obj`` as indented JSON (NaN and infinities as null), atomically."""
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -39,8 +50,10 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and population standard deviation (numpy's default, as the notebook used)."""
+    if not values:
+        return None, None
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std())
 
@@ -62,22 +75,35 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["folds"]:
+        if r["diverged"]:
+            lines.append(
+                f"| {r['fold']} | diverged in epoch {r['diverged_epoch']} | | | | | | "
+                f"{r['fit_seconds']:.1f} |"
+            )
+            continue
         lines.append(
             f"| {r['fold']} | {r['best_epoch']} | {r['train_acc']:.4f} | {r['val_loss']:.4f} "
             f"| {r['val_acc']:.4f} | {r['test_loss']:.4f} | {r['test_acc']:.4f} "
             f"| {r['fit_seconds']:.1f} |"
         )
-    lines.append(
-        f"| mean ± std | | {results['train_acc_mean']:.4f} ± {results['train_acc_std']:.4f} "
-        f"| | | | {results['test_acc_mean']:.4f} ± {results['test_acc_std']:.4f} | |"
-    )
-    lines += [
-        "",
-        f"Ensemble of the {len(results['folds'])} fold models "
-        f"(averaged softmax): test accuracy {results['ensemble_test_acc']:.4f}",
-        "",
-    ]
-    return "\n".join(lines)
+    ok = [r for r in results["folds"] if not r["diverged"]]
+    if ok:
+        lines.append(
+            f"| mean ± std | | {results['train_acc_mean']:.4f} ± {results['train_acc_std']:.4f} "
+            f"| | | | {results['test_acc_mean']:.4f} ± {results['test_acc_std']:.4f} | |"
+        )
+        lines += [
+            "",
+            f"Ensemble of the {len(ok)} fold models (averaged softmax): "
+            f"test accuracy {results['ensemble_test_acc']:.4f}",
+        ]
+    if len(ok) < len(results["folds"]):
+        lines += [
+            "",
+            f"Diverged folds {results['diverged_folds']} are left out of mean ± std "
+            "and the ensemble.",
+        ]
+    return "\n".join([*lines, ""])
 
 
 def curves_figure(folds: Sequence[dict[str, Any]]):  # -> matplotlib Figure
@@ -87,7 +113,7 @@ def curves_figure(folds: Sequence[dict[str, Any]]):  # -> matplotlib Figure
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for r in folds:
-        hist = r["history"]
+        hist = [h for h in r["history"] if "val/loss" in h or "train/loss" in h]
         epochs = [h["epoch"] for h in hist]
         for ax, metric in zip(axes, ("loss", "acc"), strict=True):
             (line,) = ax.plot(
@@ -133,12 +159,11 @@ def write_report(
     and logs the two figures to a TensorBoard run at ``run_dir`` itself."""
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "summary.md", summary_markdown(results))
-    figures = {
-        "curves": curves_figure(results["folds"]),
-        "confusion_matrix": confusion_figure(
+    figures = {"curves": curves_figure(results["folds"])}
+    if results["ensemble_test_acc"] is not None:  # None: every fold diverged
+        figures["confusion_matrix"] = confusion_figure(
             y_true, y_pred, f"{results['model']}: fold ensemble on the test set"
-        ),
-    }
+        )
     for name, fig in figures.items():
         save_figure(fig, run_dir / f"{name}.png")
     from torch.utils.tensorboard import SummaryWriter

@@ -43,3 +43,10 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop(trainer)
+
+    def state_dict(self) -> dict[str, list[float]]:
+        # Saved in checkpoints, so a resumed fold reports every epoch's time.
+        return {"seconds": list(self.seconds)}
+
+    def load_state_dict(self, state_dict: dict[str, list[float]]) -> None:
+        self.seconds = list(state_dict.get("seconds", []))

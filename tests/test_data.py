@@ -236,16 +236,6 @@ def test_unreadable_file(tmp_path, monkeypatch):
     refused(path, "permission denied")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_by_mode(tmp_path):
-    path = write(tmp_path / "d.pkl", dataset())
-    path.chmod(0)
-    try:
-        refused(path, "permission denied")
-    finally:
-        path.chmod(0o644)
-
-
 def test_empty_file(tmp_path):
     path = tmp_path / "d.pkl"
     path.write_bytes(b"")
@@ -413,9 +403,6 @@ LIVE = ["os.system p0", "os.system p2", "posix.system", "builtins.eval", "subpro
 @pytest.mark.parametrize("name", LIVE)
 def test_payloads_are_live(tmp_path, name):
     # The refusal tests mean something only if plain pickle really runs these payloads.
-    if "system" in name or "Popen" in name:
-        if shutil.which("touch") is None:
-            pytest.skip("no touch command")
     marker = tmp_path / "CONTROL"
     result = pickle.loads(payloads(marker)[name])
     if isinstance(result, subprocess.Popen):
