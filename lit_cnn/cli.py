@@ -11,9 +11,11 @@ Errors in options or data end in one line on stderr and exit status 2.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_cnn.data import DataError
 from lit_cnn.datamodule import KFoldDataModule
+from lit_cnn.distributed import FoldParallel, FoldParallelError, local_metrics
 from lit_cnn.kfold import FoldSetup, new_run_dir, run_kfold
 from lit_cnn.models import CNNModule, list_models
 from lit_cnn.report import write_text
@@ -80,6 +83,12 @@ class KFoldCLI(LightningCLI):
             help="Name of the run directory (default: the next version_N).",
         )
         parser.add_argument(
+            "--fold_parallel",
+            type=bool,
+            default=False,
+            help="Under torchrun: rank r trains folds r, r+W, ... on its own device.",
+        )
+        parser.add_argument(
             "--resume",
             type=str | None,
             default=None,
@@ -89,6 +98,8 @@ class KFoldCLI(LightningCLI):
 
     def _set_seed(self) -> None:
         pass
+
+    parallel: FoldParallel | None = None
 
     def instantiate_classes(self) -> None:
         # Once here, to validate the options before anything runs; the fold loop then gets a
@@ -106,7 +117,11 @@ class KFoldCLI(LightningCLI):
         if not isinstance(callbacks, list):
             callbacks = [callbacks]
         trainer_kwargs.pop("logger", None)
-        return FoldSetup(model=init["model"], trainer_kwargs=trainer_kwargs, callbacks=callbacks)
+        model = init["model"]
+        if self.parallel is not None:
+            trainer_kwargs.update(self.parallel.trainer_overrides(trainer_kwargs["accelerator"]))
+            local_metrics(model)
+        return FoldSetup(model=model, trainer_kwargs=trainer_kwargs, callbacks=callbacks)
 
 
 def config_dict(parser: LightningArgumentParser, config: Namespace) -> dict[str, Any]:
@@ -208,6 +223,32 @@ def _resume_dir(path: str) -> Path:
 
 
 CONFIG = "config.yaml"
+RUN_DIR_ENV = "LIT_CNN_RUN_DIR"
+
+
+def _ddp_run_dir(cfg: Namespace, model_name: str) -> Path | str | None:
+    """The run directory of a DDP rank other than 0, or None on rank 0 and single runs.
+
+    Children of Lightning's DDP launcher inherit it in ``LIT_CNN_RUN_DIR``. Ranks started
+    by torchrun or srun share no parent, so they meet in the directory ``--run_name`` names,
+    made by rank 0.
+    """
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    rank = _get_rank()
+    if not rank:
+        return None
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if not cfg.run_name:
+        return "under torchrun or srun with DDP, give --run_name so every rank finds the run"
+    run_dir = Path(cfg.trainer.default_root_dir or ".") / "lightning_logs" / model_name
+    run_dir = run_dir / cfg.run_name
+    for _ in range(600):  # rank 0 makes it within seconds
+        if (run_dir / CONFIG).is_file():
+            return run_dir
+        time.sleep(0.5)
+    return f"rank {rank}: run directory {run_dir} did not appear"
 
 
 def cli_main(args: list[str] | None = None) -> int:
@@ -246,15 +287,32 @@ def cli_main(args: list[str] | None = None) -> int:
         return _fail(str(err))
     except ValueError as err:
         return _fail(own_message(err) or str(err))
-    if run_dir is None:
+    if cfg.fold_parallel and str(cfg.trainer.strategy) not in ("auto", "None"):
+        return _fail("--fold_parallel trains each fold on one device: leave --trainer.strategy out")
+    parallel = cli.parallel = FoldParallel() if cfg.fold_parallel else None
+
+    def make_run_dir() -> Path | str:
         try:
-            run_dir = new_run_dir(cfg.trainer.default_root_dir, model_name, cfg.run_name)
-            write_text(run_dir / CONFIG, cli.parser.dump(cfg, skip_none=False))
+            made = new_run_dir(cfg.trainer.default_root_dir, model_name, cfg.run_name)
+            write_text(made / CONFIG, cli.parser.dump(cfg, skip_none=False))
+            return made
         except FileExistsError as err:
-            return _fail(f"run directory {err.filename} exists; choose another --run_name")
+            return f"run directory {err.filename} exists; choose another --run_name"
         except OSError as err:
             where = cfg.trainer.default_root_dir or "."
-            return _fail(f"--trainer.default_root_dir {where}: cannot write there ({err.strerror})")
+            return f"--trainer.default_root_dir {where}: cannot write there ({err.strerror})"
+
+    if run_dir is None:
+        if parallel is not None:  # rank 0 makes it, every rank uses it
+            made = parallel.broadcast(make_run_dir() if parallel.is_main else None)
+        else:
+            made = _ddp_run_dir(cfg, model_name) or make_run_dir()
+        if isinstance(made, str):
+            return _fail(made)
+        run_dir = Path(made)
+    # DDP's launcher re-runs this script in its child processes: they must find this run
+    # directory instead of making one of their own.
+    os.environ[RUN_DIR_ENV] = str(run_dir)
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     _signal_received.clear()
@@ -267,7 +325,11 @@ def cli_main(args: list[str] | None = None) -> int:
             config=config_dict(cli.parser, cfg),
             early_break=cfg.early_break,
             patience=cfg.patience,
+            parallel=parallel,
         )
+    except FoldParallelError as err:
+        print(f"{PROG}: error: fold-parallel run failed: {err}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, SystemExit) as exc:
         if not _signal_received:
             raise
@@ -283,5 +345,10 @@ def cli_main(args: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if parallel is not None:
+            parallel.close()
+        os.environ.pop(RUN_DIR_ENV, None)
+    if results is None:  # not the rank that reports
+        return 0
     print(run_dir)
     return 1 if results["diverged_folds"] else 0

@@ -21,6 +21,8 @@ from lit_cnn.data import ImageData, load_images, to_float
 class IndexBatches:
     """An iterable of ``(images, labels)`` batches sliced by index from device-resident tensors.
 
+    Training batches under DDP are ``(images, labels, loss_weight)``: see ``__iter__``.
+
     Lightning accepts any iterable with ``__len__`` as a dataloader, so this replaces a
     DataLoader. Under DDP every rank draws the same permutation (same generator seed) and
     takes its own slice of each global batch, so ``batch_size`` is the global batch.
@@ -86,7 +88,14 @@ class IndexBatches:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 if self.world_size > 1:
+                    n_global = len(idx)
                     idx = idx.tensor_split(self.world_size)[self.rank]
+                    # DDP averages the ranks' gradients; shares of unequal size (a last batch
+                    # that does not divide) get this weight so the average is the gradient of
+                    # the global batch's mean loss, as on one device.
+                    weight = len(idx) * self.world_size / n_global
+                    yield to_float(self.images[idx], self.scale), self.labels[idx], weight
+                    continue
                 yield to_float(self.images[idx], self.scale), self.labels[idx]
         else:
             share = self._share(order)

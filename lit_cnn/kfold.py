@@ -20,7 +20,7 @@ import json
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_cnn import __version__
 from lit_cnn.data import to_float
 from lit_cnn.datamodule import KFoldDataModule
+from lit_cnn.distributed import FoldParallel
 from lit_cnn.models import CNNModule
 from lit_cnn.report import atomic_write, mean_std, notebook_summary, write_json, write_report
 from lit_cnn.timing import EpochTimer
@@ -183,7 +185,10 @@ def train_fold(
     test = trainer.test(model, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[
         0
     ]
-    probs = predict_proba(model, dm, trainer.strategy.root_device)
+    # Only the rank that records the fold needs the probabilities (for the ensemble).
+    probs = (
+        predict_proba(model, dm, trainer.strategy.root_device) if trainer.is_global_zero else None
+    )
     logger.log_hyperparams(
         {**model.hparams, **dm.hparams, "fold": fold}, metrics={"test/acc": test["test/acc"]}
     )
@@ -195,7 +200,7 @@ def train_fold(
         val_acc=history[best]["val/acc"],
         test_loss=float(test["test/loss"]),
         test_acc=float(test["test/acc"]),
-        test_samples=len(probs),
+        test_samples=model.test_samples,
     )
     return record, probs, trainer
 
@@ -219,52 +224,39 @@ def _load_fold(fold_dir: Path) -> tuple[dict[str, Any], torch.Tensor | None] | N
     return record, probs
 
 
-def run_kfold(
+def train_folds(
     build: Callable[[int], FoldSetup],
     dm: KFoldDataModule,
     run_dir: Path,
-    *,
-    model_name: str,
-    config: dict[str, Any] | None = None,
-    early_break: bool = False,
+    folds: Sequence[int],
     patience: int | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Runs K-fold cross-validation and writes the run directory.
+) -> list[tuple[dict[str, Any], torch.Tensor | None]]:
+    """Trains the given folds (or loads their records, if recorded earlier).
 
-    Args:
-        build: Returns a fresh :class:`FoldSetup` for fold ``i``; called once per fold, after
-            the fold's seed is set.
-        dm: The DataModule holding the data and the folds.
-        run_dir: An empty run directory (see :func:`new_run_dir`).
-        model_name: The architecture's name, for the records.
-        config: The configuration to store in results.json.
-        early_break: Train only the first fold (the notebook's single train/validation round).
-        patience: Early-stopping patience in epochs; ``None`` runs every epoch.
-        log: Where progress lines go.
+    A fold whose record exists is not retrained; one with a ``last.ckpt`` continues from it;
+    any other starts afresh. Each record is written as soon as its fold ends (by rank 0).
 
     Returns:
-        The contents of results.json.
+        ``(record, test probabilities)`` of each fold, in the order of ``folds``.
     """
-    folds = dm.folds
-    if not (run_dir / "folds.json").is_file():
-        write_json(run_dir / "folds.json", {"val_indices": [v.tolist() for _, v in folds]})
-    n_folds = 1 if early_break else dm.k
-    records, probs = [], []
-    for fold in range(n_folds):
+    outcomes = []
+    for fold in folds:
         fold_dir = run_dir / f"fold_{fold}"
         done = _load_fold(fold_dir)
         if done is not None:  # recorded by an earlier, interrupted invocation: not retrained
-            record, fold_probs = done
+            outcomes.append(done)
             log(f"Fold {fold + 1}/{dm.k}: recorded earlier, not retrained")
-        else:
-            last = fold_dir / "checkpoints" / "last.ckpt"
-            # Seeding per fold makes a fold's result independent of which folds ran before.
-            L.seed_everything(dm.seed + fold, verbose=False)
-            record, fold_probs, _ = train_fold(
-                fold, build(fold), dm, run_dir, patience, last if last.is_file() else None
-            )
-            _save_fold(fold_dir, record, fold_probs)
+            continue
+        last = fold_dir / "checkpoints" / "last.ckpt"
+        # Seeding per fold makes a fold's result independent of which folds ran before it,
+        # and of which process runs it.
+        L.seed_everything(dm.seed + fold, verbose=False)
+        record, probs, _ = train_fold(
+            fold, build(fold), dm, run_dir, patience, last if last.is_file() else None
+        )
+        if rank_zero_only.rank == 0:  # under DDP every rank trains the fold; one records it
+            _save_fold(fold_dir, record, probs)
             if record["diverged"]:
                 log(
                     f"Fold {fold + 1}/{dm.k}: DIVERGED (non-finite training loss in epoch "
@@ -275,14 +267,31 @@ def run_kfold(
                     f"Fold {fold + 1}/{dm.k}: test acc {record['test_acc']:.4f}, "
                     f"{record['fit_seconds']:.1f} s"
                 )
-        records.append(record)
-        probs.append(fold_probs)
+        outcomes.append((record, probs))
+    return outcomes
 
+
+def summarize(
+    dm: KFoldDataModule,
+    run_dir: Path,
+    outcomes: Sequence[tuple[dict[str, Any], torch.Tensor | None]],
+    *,
+    model_name: str,
+    config: dict[str, Any] | None = None,
+    early_break: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Aggregates fold outcomes into results.json and the report, and prints the summary.
+
+    Returns:
+        The contents of results.json.
+    """
+    records = [r for r, _ in outcomes]
     ok = [r for r in records if not r["diverged"]]
     diverged = [r["fold"] for r in records if r["diverged"]]
     y_test = dm.data.y_test.numpy()
     if ok:
-        mean_probs = torch.stack([p for p in probs if p is not None]).mean(dim=0)
+        mean_probs = torch.stack([p for _, p in outcomes if p is not None]).mean(dim=0)
         ensemble = mean_probs.argmax(dim=1).numpy()
     else:
         ensemble = np.full_like(y_test, -1)
@@ -315,3 +324,60 @@ def run_kfold(
         log(notebook_summary(results))
         log(f"Ensemble test accuracy: {results['ensemble_test_acc']:.4f}")
     return results
+
+
+def run_kfold(
+    build: Callable[[int], FoldSetup],
+    dm: KFoldDataModule,
+    run_dir: Path,
+    *,
+    model_name: str,
+    config: dict[str, Any] | None = None,
+    early_break: bool = False,
+    patience: int | None = None,
+    parallel: FoldParallel | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
+    """Runs K-fold cross-validation and writes the run directory.
+
+    Args:
+        build: Returns a fresh :class:`FoldSetup` for fold ``i``; called once per fold, after
+            the fold's seed is set.
+        dm: The DataModule holding the data and the folds.
+        run_dir: The run directory (see :func:`new_run_dir`); folds recorded in it already
+            are not retrained.
+        model_name: The architecture's name, for the records.
+        config: The configuration to store in results.json.
+        early_break: Train only the first fold (the notebook's single train/validation round).
+        patience: Early-stopping patience in epochs; ``None`` runs every epoch.
+        parallel: Spread the folds over the ranks of a torchrun job (fold-parallel).
+        log: Where progress lines go.
+
+    Returns:
+        The contents of results.json on the rank that wrote it; ``None`` on other ranks.
+    """
+    is_main = parallel.is_main if parallel is not None else rank_zero_only.rank == 0
+    folds = dm.folds
+    if is_main and not (run_dir / "folds.json").is_file():
+        write_json(run_dir / "folds.json", {"val_indices": [v.tolist() for _, v in folds]})
+    todo = list(range(1 if early_break else dm.k))
+    if parallel is None:
+        outcomes = train_folds(build, dm, run_dir, todo, patience, log)
+    else:
+        gathered = parallel.gather(
+            lambda: train_folds(build, dm, run_dir, parallel.my_folds(todo), patience, log)
+        )
+        if gathered is None:
+            return None
+        outcomes = sorted(gathered, key=lambda o: o[0]["fold"])
+    if rank_zero_only.rank != 0 or not is_main:  # a DDP rank other than 0
+        return None
+    return summarize(
+        dm,
+        run_dir,
+        outcomes,
+        model_name=model_name,
+        config=config,
+        early_break=early_break,
+        log=log,
+    )

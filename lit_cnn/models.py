@@ -19,7 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 NUM_CLASSES = 10
@@ -111,6 +111,9 @@ class CNNModule(L.LightningModule):
                 f"{stage}_acc",
                 MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False),
             )
+        # Test images scored, summed over ranks: under DDP each is scored exactly once.
+        self.test_count = SumMetric(nan_strategy="disable")
+        self.test_samples = 0
         # Epoch records of the current fit: {"epoch", "train/loss", "train/acc", "val/..."}.
         self.history: list[dict[str, float]] = []
         self._val_result: dict[str, float] = {}
@@ -128,14 +131,16 @@ class CNNModule(L.LightningModule):
         """Maps images (B, 1, 32, 32) to logits (B, 10), or probabilities with softmax_output."""
         return self._forward(x)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        x, y = batch[0], batch[1]
         out = self(x)
         # With softmax_output the notebook's mistake is kept on purpose: cross_entropy applies
         # log-softmax again on top of probabilities, which flattens the gradients.
         loss = F.cross_entropy(out, y)
         getattr(self, f"{stage}_loss").update(loss.detach(), y.shape[0])
         getattr(self, f"{stage}_acc").update(out.detach(), y)
+        if len(batch) == 3:  # a DDP share's weight in its global batch (see IndexBatches)
+            loss = loss * batch[2]
         return loss
 
     def _epoch_metrics(self, stage: str) -> dict[str, Tensor]:
@@ -157,7 +162,9 @@ class CNNModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> int | None:
         # The host copy of the flag lags at most a step behind: reading it costs no sync.
-        if self._check_divergence():
+        # Under DDP a rank leaving the epoch alone would hang the others' all-reduce: there
+        # the check waits for the epoch's end, where Lightning reduces should_stop over ranks.
+        if self.trainer.world_size == 1 and self._check_divergence():
             return -1  # ends the epoch here; should_stop ends the fit
         return None
 
@@ -174,9 +181,6 @@ class CNNModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_metrics("val")
@@ -201,8 +205,14 @@ class CNNModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("lit_cnn_history", []))
 
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+        self.test_count.update(torch.tensor(float(len(batch[1])), device=self.device))
+
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._epoch_metrics("test"))
+        self.test_samples = int(self.test_count.compute())
+        self.test_count.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -26,17 +26,27 @@ def script(name: str) -> list[str]:
     return [sys.executable, str(SCRIPTS / name)]
 
 
-@pytest.fixture(scope="session")
-def tiny_pkl(tmp_path_factory) -> Path:
-    """A notebook-format pickle of 600 training and 200 test images from the bundled sample."""
+def _tiny(tmp_path_factory, n_train: int, n_test: int) -> Path:
     import pickle
 
     from lit_cnn.data import load_images
 
     d = load_images("sample")
-    train = (d.x_train[:600, 0].numpy(), d.y_train[:600].numpy())
-    test = (d.x_test[:200, 0].numpy(), d.y_test[:200].numpy())
-    path = tmp_path_factory.mktemp("data") / "tiny.pkl"
+    train = (d.x_train[:n_train, 0].numpy(), d.y_train[:n_train].numpy())
+    test = (d.x_test[:n_test, 0].numpy(), d.y_test[:n_test].numpy())
+    path = tmp_path_factory.mktemp("data") / f"tiny_{n_train}_{n_test}.pkl"
     with open(path, "wb") as f:
         pickle.dump((train, test), f)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pkl(tmp_path_factory) -> Path:
+    """A notebook-format pickle of 600 training and 200 test images from the bundled sample."""
+    return _tiny(tmp_path_factory, 600, 200)
+
+
+@pytest.fixture(scope="session")
+def tiny_odd_pkl(tmp_path_factory) -> Path:
+    """601 training and 201 test images: counts that no number of ranks > 1 divides evenly."""
+    return _tiny(tmp_path_factory, 601, 201)

@@ -27,8 +27,8 @@ def test_an_epoch_visits_every_image_once():
 
 def _index_batches(loader):
     # Recover indices from the images: image i holds the value i everywhere.
-    for x, _ in loader:
-        yield (x[:, 0, 0, 0] * loader.scale).round().long()
+    for batch in loader:
+        yield (batch[0][:, 0, 0, 0] * loader.scale).round().long()
 
 
 def test_each_epoch_draws_a_new_permutation_reproducibly():
@@ -41,6 +41,11 @@ def test_each_epoch_draws_a_new_permutation_reproducibly():
 
 def test_ranks_split_each_global_batch():
     shares = [list(_index_batches(_batches(n=1000, rank=r, world=2))) for r in range(2)]
+    # The last global batch (1000 = 7 * 128 + 104) splits 52/52; weights make DDP's average
+    # of the shares' mean losses the global batch's mean loss.
+    last = [list(_batches(n=1003, rank=r, world=2))[-1] for r in range(2)]
+    assert [len(b[1]) for b in last] == [54, 53]
+    assert [b[2] for b in last] == pytest.approx([54 * 2 / 107, 53 * 2 / 107])
     whole = list(_index_batches(_batches(n=1000)))
     assert len(shares[0]) == len(shares[1]) == len(whole)
     for b0, b1, full in zip(*shares, whole, strict=True):
