@@ -1,0 +1,17 @@
+"""Compare architectures on paired folds, with significance tests.
+
+    python scripts/compare.py --models ResNN ResNNBatch --data.k 3 --repeats 2
+    python scripts/compare.py --models ResNNBatch_NoSkip ResNNBatch_Skip --scheme 5x2cv
+    python scripts/compare.py --resume lightning_logs/compare/version_0
+    python scripts/compare.py --help                          # every option
+
+Results land in lightning_logs/compare/<name or version_N>/; the last line printed is that
+directory.
+"""
+
+import sys
+
+from lit_cnn.compare import compare_main
+
+if __name__ == "__main__":
+    sys.exit(compare_main())
