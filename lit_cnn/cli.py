@@ -16,8 +16,9 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,6 +31,7 @@ from lit_cnn.models import CNNModule, list_models
 from lit_cnn.report import write_text
 
 PROG = "kfold.py"
+T = TypeVar("T")
 
 TRAINER_DEFAULTS = {
     "max_epochs": 30,
@@ -184,8 +186,13 @@ def _on_signal(signum: int, frame: object) -> None:
     raise _Terminated(128 + signum)
 
 
-def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Takes ``--resume DIR`` out of ``argv``; refuses options that would change the run."""
+def split_resume(argv: list[str], what: str = "run") -> tuple[str | None, list[str]]:
+    """Takes ``--resume DIR`` out of ``argv``; refuses options that would change the results.
+
+    Args:
+        argv: Command-line arguments.
+        what: What is resumed ("run", "comparison"), for the messages.
+    """
     resume, rest, i = None, [], 0
     while i < len(argv):
         arg = argv[i]
@@ -195,7 +202,7 @@ def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
             elif i + 1 < len(argv):
                 resume, i = argv[i + 1], i + 1
             else:
-                raise UsageError("--resume needs a run directory")
+                raise UsageError(f"--resume needs a {what} directory")
         else:
             rest.append(arg)
         i += 1
@@ -205,10 +212,37 @@ def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
         name = arg.split("=", 1)[0]
         if name.startswith("-") and name not in RESUME_ALLOWED:
             raise UsageError(
-                f"--resume continues the run with its saved configuration; {name} would change "
-                "its results (only --trainer.enable_progress_bar may be given)"
+                f"--resume continues the {what} with its saved configuration; {name} would "
+                "change its results (only --trainer.enable_progress_bar may be given)"
             )
     return resume, rest
+
+
+def run_interruptibly(
+    work: Callable[[], T], prog: str, resume_command: str
+) -> tuple[T | None, int | None]:
+    """Runs ``work`` so that SIGINT and SIGTERM end it with a resume hint.
+
+    Returns:
+        ``(result, None)``, or ``(None, 130 or 143)`` when a signal stopped it.
+    """
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _signal_received.clear()
+    try:
+        return work(), None
+    except (KeyboardInterrupt, SystemExit):
+        if not _signal_received:
+            raise
+        signum = _signal_received[0]
+        print(
+            f"{prog}: interrupted by {signal.Signals(signum).name}; finished folds and each "
+            f"fold's last checkpoint are kept. Resume with:\n  {resume_command}",
+            file=sys.stderr,
+        )
+        return None, 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _resume_dir(path: str) -> Path:
@@ -262,7 +296,7 @@ def cli_main(args: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        resume, argv = _split_resume(argv)
+        resume, argv = split_resume(argv)
         run_dir = _resume_dir(resume) if resume else None
         if run_dir is not None:
             argv = ["--config", str(run_dir / CONFIG), *argv]
@@ -314,40 +348,30 @@ def cli_main(args: list[str] | None = None) -> int:
     # directory instead of making one of their own.
     os.environ[RUN_DIR_ENV] = str(run_dir)
 
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _signal_received.clear()
     try:
-        results = run_kfold(
-            cli.fold_setup,
-            dm,
-            run_dir,
-            model_name=model_name,
-            config=config_dict(cli.parser, cfg),
-            early_break=cfg.early_break,
-            patience=cfg.patience,
-            parallel=parallel,
+        results, status = run_interruptibly(
+            lambda: run_kfold(
+                cli.fold_setup,
+                dm,
+                run_dir,
+                model_name=model_name,
+                config=config_dict(cli.parser, cfg),
+                early_break=cfg.early_break,
+                patience=cfg.patience,
+                parallel=parallel,
+            ),
+            PROG,
+            f"python scripts/kfold.py --resume {run_dir}",
         )
     except FoldParallelError as err:
         print(f"{PROG}: error: fold-parallel run failed: {err}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if not _signal_received:
-            raise
-        signum = _signal_received[0]
-        print(
-            f"{PROG}: interrupted by {signal.Signals(signum).name}; finished folds and each "
-            f"fold's last checkpoint are kept. Resume with:\n"
-            f"  python scripts/kfold.py --resume {run_dir}",
-            file=sys.stderr,
-        )
-        del exc
-        return 128 + signum
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if parallel is not None:
             parallel.close()
         os.environ.pop(RUN_DIR_ENV, None)
+    if status is not None:
+        return status
     if results is None:  # not the rank that reports
         return 0
     print(run_dir)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +39,14 @@ import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_cnn.cli import TRAINER_DEFAULTS, own_message, parse_error_line
+from lit_cnn.cli import (
+    TRAINER_DEFAULTS,
+    UsageError,
+    own_message,
+    parse_error_line,
+    run_interruptibly,
+    split_resume,
+)
 from lit_cnn.data import DataError
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.kfold import FoldSetup, new_run_dir, run_kfold
@@ -67,10 +73,6 @@ class HParams(TypedDict, total=False):
     lr: float
     l2: float
     optimizer: Literal["adam", "sgdm"]
-
-
-class UsageError(ValueError):
-    """A bad option value, reported as one line."""
 
 
 # ----------------------------------------------------------------------------- options
@@ -870,49 +872,16 @@ def _error_line(err: Exception) -> str:
 
 
 def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Takes ``--resume DIR`` out of ``argv``; refuses options that would change the run."""
-    resume, rest, i = None, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--resume" or arg.startswith("--resume="):
-            if "=" in arg:
-                resume = arg.split("=", 1)[1]
-            elif i + 1 < len(argv):
-                resume, i = argv[i + 1], i + 1
-            else:
-                raise UsageError("--resume needs a comparison directory")
-        else:
-            rest.append(arg)
-        i += 1
+    """Takes ``--resume DIR`` out of ``argv``: DIR's saved configuration replaces the rest."""
+    resume, rest = split_resume(argv, "comparison")
     if resume is None:
         return None, argv
-    for arg in rest:
-        name = arg.split("=", 1)[0]
-        if name.startswith("-") and name not in RESUME_ALLOWED:
-            raise UsageError(
-                f"--resume continues the comparison with its saved configuration; {name} "
-                "would change its results (only --trainer.enable_progress_bar may be given)"
-            )
     path = Path(resume)
     if not path.is_dir():
         raise UsageError(f"--resume {resume}: no such directory")
     if not (path / CONFIG).is_file():
         raise UsageError(f"--resume {resume}: not a comparison directory (it has no {CONFIG})")
     return resume, ["--config", str(path / CONFIG), *rest]
-
-
-_signal_received: list[int] = []
-
-
-class _Terminated(SystemExit):
-    """Raised by the SIGTERM handler (a SystemExit, so nothing swallows it)."""
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    _signal_received.append(signum)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise _Terminated(128 + signum)
 
 
 def compare_main(args: list[str] | None = None) -> int:
@@ -980,10 +949,8 @@ def compare_main(args: list[str] | None = None) -> int:
     def datamodule(r: int) -> KFoldDataModule:
         return dm0 if r == 0 else KFoldDataModule(**{**data, "seed": data["seed"] + r})
 
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _signal_received.clear()
-    try:
-        comp = run_comparison(
+    comp, status = run_interruptibly(
+        lambda: run_comparison(
             cmp_dir,
             models,
             hparams,
@@ -994,21 +961,12 @@ def compare_main(args: list[str] | None = None) -> int:
             patience=cfg.patience,
             config=config,
             datamodule=datamodule,
-        )
-    except (KeyboardInterrupt, SystemExit):
-        if not _signal_received:
-            raise
-        signum = _signal_received[0]
-        print(
-            f"{PROG}: interrupted by {signal.Signals(signum).name}; finished folds and each "
-            f"fold's last checkpoint are kept. Resume with:\n"
-            f"  python scripts/compare.py --resume {cmp_dir}",
-            file=sys.stderr,
-        )
-        return 128 + signum
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        ),
+        PROG,
+        f"python scripts/compare.py --resume {cmp_dir}",
+    )
+    if status is not None:
+        return status
     for line in summary_lines(comp):
         print(line)
     print(cmp_dir)
