@@ -60,6 +60,8 @@ from lit_cnn.cli import TRAINER_DEFAULTS
 from lit_cnn.data import DataError, ImageData, load_images, to_float
 from lit_cnn.datamodule import IndexBatches, KFoldDataModule
 from lit_cnn.kfold import FoldSetup, train_fold
+from lit_cnn.malloc import MALLOC_ENV
+from lit_cnn.malloc import tune_malloc as _tune_malloc
 from lit_cnn.models import CNNModule, get_model, list_models
 from lit_cnn.notebook import NET_IMPORT_PREFIX, MnistDataset, Trainer
 from lit_cnn.timing import device_sync
@@ -781,31 +783,14 @@ def format_whole_run(res: dict[str, Any]) -> str:
 # adapt at run time); the next step then faults the same pages in again. On 2 CPU cores that
 # cost DeepCNN about a third of its epoch time, and more so in lit_cnn's loop than in the plain
 # one. Fixed thresholds keep the blocks in the heap. M_MMAP_THRESHOLD's ceiling is 32 MiB.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-
-
 def tune_malloc() -> None:
-    """Sets :data:`MALLOC_ENV`'s thresholds in this process (glibc only).
-
-    This is the change proposed for lit_cnn's own entry points, applied here so its effect can
-    be measured (``--tune-malloc``).
+    """Applies lit_cnn's allocator settings (:func:`lit_cnn.malloc.tune_malloc`) here.
 
     Raises:
         OSError: The C library is not glibc, or refused a value.
     """
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    if not hasattr(libc, "mallopt"):
+    if not _tune_malloc():
         raise OSError("--tune-malloc needs glibc's mallopt")
-    for param, value in (
-        (_M_MMAP_THRESHOLD, int(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"])),
-        (_M_TRIM_THRESHOLD, int(MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])),
-    ):
-        if libc.mallopt(param, value) != 1:
-            raise OSError(f"mallopt({param}, {value}) failed")
 
 
 @contextlib.contextmanager
@@ -839,8 +824,10 @@ def run_benchmark(args: Any, command: str, out: Callable[[str], None] = print) -
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.tune_malloc and not args.whole_run:
-        tune_malloc()  # for the rest of this process: there is no undoing it
+    if not args.whole_run:
+        # As lit_cnn's kfold.py does at start-up; (b) and (c) share the process, so the floor
+        # and the notebook's way get the same allocator. There is no undoing it.
+        tune_malloc()
     try:
         return _run_benchmark(args, command, out, log)
     finally:
@@ -852,7 +839,7 @@ def _run_benchmark(
 ) -> dict[str, Any]:
     device = torch.device(args.device)
     info = machine_info(device, command)
-    if args.tune_malloc:
+    if args.tune_malloc or not args.whole_run:
         info["malloc"] = ", ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     out(format_header(info))
     report: dict[str, Any] = {"machine": info, "options": vars(args)}
@@ -965,8 +952,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tune-malloc",
         action="store_true",
-        help="fix glibc malloc's mmap/trim thresholds first (in-process, and for whole runs by "
-        "environment): the effect of a proposed lit_cnn change; default: off, as lit_cnn runs",
+        help="whole runs: give the notebook's process lit_cnn's malloc thresholds too (lit_cnn "
+        "sets them itself; epoch runs always use them, since (a) runs as lit_cnn does)",
     )
     parser.add_argument(
         "--threads",

@@ -27,6 +27,7 @@ from lit_cnn.data import DataError
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.distributed import FoldParallel, FoldParallelError, local_metrics
 from lit_cnn.kfold import FoldSetup, new_run_dir, run_kfold
+from lit_cnn.malloc import tune_malloc
 from lit_cnn.models import CNNModule, list_models
 from lit_cnn.report import write_text
 
@@ -295,6 +296,7 @@ def cli_main(args: list[str] | None = None) -> int:
         args: Command-line arguments; ``None`` takes ``sys.argv[1:]``.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    tune_malloc()
     try:
         resume, argv = split_resume(argv)
         run_dir = _resume_dir(resume) if resume else None
