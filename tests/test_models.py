@@ -120,3 +120,47 @@ def test_skip_block_changes_the_function():
 def test_base_class_builds_nothing():
     with pytest.raises(NotImplementedError):
         CNNModule()
+
+
+def test_epoch_train_metrics_are_the_steps_mean_loss_and_accuracy(sample_batch):
+    # The running sums logged as train/loss and train/acc must equal the mean over the
+    # epoch's steps, replayed by hand from the same weights over the same batches.
+    import lightning as L
+
+    from lit_cnn.datamodule import IndexBatches
+
+    x, y = sample_batch
+    images = (x * 255).round().to(torch.uint8)
+
+    def batches():
+        return IndexBatches(images, y, torch.arange(len(y)), 64, 255.0, shuffle=True, seed=3)
+
+    torch.manual_seed(0)
+    model = lit_cnn.get_model("ResNN")
+    torch.manual_seed(0)
+    replay = lit_cnn.get_model("ResNN")
+    opt = replay.configure_optimizers()
+    losses, correct = [], 0
+    for xb, yb in batches():
+        out = replay(xb)
+        loss = F.cross_entropy(out, yb)
+        losses.append(loss.item() * len(yb))
+        correct += (out.argmax(1) == yb).sum().item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, train_dataloaders=batches())
+    record = model.history[0]
+    assert record["train/loss"] == pytest.approx(sum(losses) / len(y), rel=1e-5)
+    assert record["train/acc"] == pytest.approx(correct / len(y), abs=1e-7)
+    assert not model.diverged
