@@ -239,7 +239,7 @@ def plain_epoch(
     """
     device_sync(device)
     start = time.perf_counter()
-    for x, y in batches:
+    for x, y, _, _ in batches:  # one minibatch each: steps_per_batch is 1
         loss = F.cross_entropy(model(x), y)
         # The order of Lightning's automatic optimization: zero_grad, backward, then step.
         optimizer.zero_grad()

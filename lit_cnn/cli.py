@@ -257,6 +257,31 @@ def _resume_dir(path: str) -> Path:
     return run_dir
 
 
+def check_trainer_options(trainer: Namespace) -> None:
+    """Refuses the Trainer options a fold cannot run with.
+
+    Args:
+        trainer: The parsed ``--trainer`` options.
+
+    Raises:
+        UsageError: The option and what is wrong with it.
+    """
+    if trainer.max_epochs is not None and trainer.max_epochs < 1:
+        raise UsageError(f"--trainer.max_epochs must be at least 1, got {trainer.max_epochs}")
+    # The models step their optimizer themselves, several steps per batch (manual
+    # optimization): Lightning refuses these two for such modules, with a traceback.
+    if trainer.gradient_clip_val:
+        raise UsageError(
+            "--trainer.gradient_clip_val is not supported: lit_cnn's models step their "
+            "optimizer themselves (manual optimization)"
+        )
+    if trainer.accumulate_grad_batches != 1:
+        raise UsageError(
+            "--trainer.accumulate_grad_batches is not supported: lit_cnn's models step their "
+            "optimizer themselves; use a larger --data.batch_size"
+        )
+
+
 CONFIG = "config.yaml"
 RUN_DIR_ENV = "LIT_CNN_RUN_DIR"
 
@@ -314,9 +339,10 @@ def cli_main(args: list[str] | None = None) -> int:
     cfg = cli.config
     dm: KFoldDataModule = cli.datamodule
     model_name = type(cli.model).__name__
-    max_epochs = cfg.trainer.max_epochs
-    if max_epochs is not None and max_epochs < 1:
-        return _fail(f"--trainer.max_epochs must be at least 1, got {max_epochs}")
+    try:
+        check_trainer_options(cfg.trainer)
+    except UsageError as err:
+        return _fail(str(err))
     try:
         _ = dm.folds  # loads and validates the data, makes the split: before any run dir exists
     except DataError as err:

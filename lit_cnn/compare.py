@@ -42,6 +42,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lit_cnn.cli import (
     TRAINER_DEFAULTS,
     UsageError,
+    check_trainer_options,
     own_message,
     parse_error_line,
     run_interruptibly,
@@ -907,9 +908,7 @@ def compare_main(args: list[str] | None = None) -> int:
         models = validate_models(cfg.models)
         k, repeats = design(cfg.scheme, cfg.data.k, cfg.repeats)
         hparams = resolve_hparams(models, dict(cfg.model), cfg.hparams)
-        max_epochs = cfg.trainer.max_epochs
-        if max_epochs is not None and max_epochs < 1:
-            raise UsageError(f"--trainer.max_epochs must be at least 1, got {max_epochs}")
+        check_trainer_options(cfg.trainer)
         if cfg.patience is not None and cfg.patience < 1:
             raise UsageError(f"--patience must be at least 1, got {cfg.patience}")
         data = {**dict(cfg.data), "k": k}

@@ -195,10 +195,11 @@ def train_fold(
     test = trainer.test(model, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[
         0
     ]
-    # Only the rank that records the fold needs the probabilities (for the ensemble).
-    probs = (
-        predict_proba(model, dm, trainer.strategy.root_device) if trainer.is_global_zero else None
-    )
+    # Only the rank that records the fold needs the probabilities (for the ensemble). On one
+    # device the test pass kept them; under DDP it saw a share per rank: score again.
+    probs = model.test_probs
+    if probs is None and trainer.is_global_zero:
+        probs = predict_proba(model, dm, trainer.strategy.root_device)
     logger.log_hyperparams(
         {**model.hparams, **dm.hparams, "fold": fold}, metrics={"test/acc": test["test/acc"]}
     )

@@ -71,6 +71,11 @@ class CNNModule(L.LightningModule):
     ``test/loss`` and ``test/acc``. Under DDP they are summed over ranks at ``compute()``, so
     every validation and test image counts once.
 
+    Optimization is manual: a training batch holds several minibatches (see
+    :class:`lit_cnn.datamodule.IndexBatches`) and ``training_step`` takes one optimizer step
+    for each, so Lightning's per-batch work is paid once per group of steps. Lightning
+    refuses ``gradient_clip_val`` and ``accumulate_grad_batches`` for manual optimization.
+
     Args:
         lr: Learning rate.
         l2: Weight decay (L2 penalty), applied by both optimizers.
@@ -113,6 +118,10 @@ class CNNModule(L.LightningModule):
         # Test images scored, summed over ranks: under DDP each is scored exactly once.
         self.test_count = SumMetric(nan_strategy="disable")
         self.test_samples = 0
+        # Class probabilities (N_test, 10) of the last test pass, in test-set order, on the
+        # CPU; kept on one device only (None under DDP).
+        self.test_probs: Tensor | None = None
+        self._test_probs: list[Tensor] = []
         # Epoch records of the current fit: {"epoch", "train/loss", "train/acc", "val/..."}.
         self.history: list[dict[str, float]] = []
         self._val_result: dict[str, float] = {}
@@ -124,6 +133,8 @@ class CNNModule(L.LightningModule):
         # later: no sync per step.
         self._loss_sum_host = torch.zeros(())
         self.diverged_epoch: int | None = None
+        # training_step runs several optimizer steps per batch (see IndexBatches).
+        self.automatic_optimization = False
 
     def build(self) -> nn.Sequential:
         """Returns the network's layers; each architecture overrides this."""
@@ -141,9 +152,7 @@ class CNNModule(L.LightningModule):
         loss = F.cross_entropy(out, y)
         getattr(self, f"{stage}_loss").update(loss.detach(), y.shape[0])
         getattr(self, f"{stage}_acc").update(out.detach(), y)
-        if len(batch) == 3:  # a DDP share's weight in its global batch (see IndexBatches)
-            loss = loss * batch[2]
-        return loss
+        return out.detach()
 
     def _epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         loss_metric, acc_metric = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
@@ -152,27 +161,34 @@ class CNNModule(L.LightningModule):
         acc_metric.reset()
         return values
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        x, y = batch[0], batch[1]
-        out = self(x)
-        # With softmax_output the notebook's mistake is kept on purpose: cross_entropy applies
-        # log-softmax again on top of probabilities, which flattens the gradients.
-        loss = F.cross_entropy(out, y)
+    def training_step(self, batch: tuple[Tensor, Tensor, int, float], batch_idx: int) -> None:
+        # A batch is one or more minibatches of `step` images (see IndexBatches): each gets
+        # its own optimizer step, in the order of automatic optimization (forward,
+        # zero_grad, backward, step), so training is the same as one minibatch per batch.
+        x, y, step, weight = batch
+        opt = self.optimizers()
+        losses, preds = [], []
+        for xb, yb in zip(x.split(step), y.split(step), strict=True):
+            out = self(xb)
+            loss = F.cross_entropy(out, yb)  # on probabilities with softmax_output: see _step
+            opt.zero_grad()
+            # weight: a DDP share's weight in its global batch (1 on one device).
+            self.manual_backward(loss * weight if weight != 1 else loss)
+            opt.step()
+            losses.append(loss.detach() * len(yb))
+            preds.append(out.detach().argmax(dim=1))
         sums = self._train_sums
-        sums[0] += loss.detach() * len(y)
-        sums[1] += (out.detach().argmax(dim=1) == y).sum()
+        sums[0] += torch.stack(losses).sum()
+        sums[1] += (torch.cat(preds) == y).sum()
         sums[2] += len(y)
         self._loss_sum_host.copy_(sums[0], non_blocking=True)
-        if len(batch) == 3:  # a DDP share's weight in its global batch (see IndexBatches)
-            loss = loss * batch[2]
-        return loss
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda" and not self._loss_sum_host.is_pinned():
             self._loss_sum_host = self._loss_sum_host.pin_memory()
 
-    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> int | None:
-        # The host copy of the flag lags at most a step behind: reading it costs no sync.
+    def on_train_batch_start(self, batch: tuple[Tensor, ...], batch_idx: int) -> int | None:
+        # The host copy of the flag lags at most a batch behind: reading it costs no sync.
         # Under DDP a rank leaving the epoch alone would hang the others' all-reduce: there
         # the check waits for the epoch's end, where Lightning reduces should_stop over ranks.
         if self.trainer.world_size == 1 and self._check_divergence():
@@ -223,14 +239,24 @@ class CNNModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("lit_cnn_history", []))
 
+    def on_test_epoch_start(self) -> None:
+        self._test_probs = []
+        self.test_probs = None
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        out = self._step(batch, "test")
         self.test_count.update(torch.tensor(float(len(batch[1])), device=self.device))
+        if self.trainer.world_size == 1:  # under DDP a rank sees only its share
+            # With softmax_output the network already ends in Softmax.
+            self._test_probs.append(out if self.hparams.softmax_output else out.softmax(dim=-1))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._epoch_metrics("test"))
         self.test_samples = int(self.test_count.compute())
         self.test_count.reset()
+        if self._test_probs:
+            self.test_probs = torch.cat(self._test_probs).float().cpu()
+        self._test_probs = []
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

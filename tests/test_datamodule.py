@@ -8,13 +8,14 @@ from lit_cnn.data import load_dataset, load_images
 from lit_cnn.datamodule import IndexBatches, KFoldDataModule
 
 
-def _batches(n=1000, batch_size=128, shuffle=True, rank=0, world=1, seed=0):
+def _batches(n=1000, batch_size=128, shuffle=True, rank=0, world=1, seed=0, steps=1):
     # float images: uint8 could not hold an index past 255
     images = torch.arange(n, dtype=torch.float32).repeat_interleave(1024).view(n, 1, 32, 32)
     labels = torch.arange(n) % 10
     return IndexBatches(
-        images, labels, torch.arange(n), batch_size, 1.0, shuffle, seed, rank, world
-    )
+        images, labels, torch.arange(n), batch_size, 1.0, shuffle, seed, rank, world,
+        steps_per_batch=steps,
+    )  # fmt: skip
 
 
 def test_an_epoch_visits_every_image_once():
@@ -23,6 +24,25 @@ def test_an_epoch_visits_every_image_once():
     assert sorted(seen.tolist()) == list(range(1000))
     sizes = [len(b) for b in _index_batches(loader)]
     assert sizes == [128] * 7 + [1000 - 7 * 128] and len(loader) == 8
+
+
+def test_grouped_steps_serve_the_same_minibatches():
+    # Three optimizer steps per Lightning batch: the same images in the same order, split by
+    # the model into the same minibatches as one step per batch.
+    single = [b for b in _batches(n=1000, batch_size=128, seed=5)]
+    grouped = _batches(n=1000, batch_size=128, seed=5, steps=3)
+    batches = list(grouped)
+    assert len(grouped) == len(batches) == 3  # 8 minibatches in groups of 3, 3, 2
+    assert all(step == 128 and weight == 1.0 for _, _, step, weight in batches)
+    split = [piece for x, _, step, _ in batches for piece in x.split(step)]
+    assert len(split) == len(single)
+    for piece, (x, _, _, _) in zip(split, single, strict=True):
+        assert torch.equal(piece, x)
+
+
+def test_grouping_is_off_under_ddp():
+    loader = _batches(n=1000, rank=1, world=2, steps=4)
+    assert loader.steps_per_batch == 1 and len(loader) == 8
 
 
 def _index_batches(loader):
@@ -45,7 +65,7 @@ def test_ranks_split_each_global_batch():
     # of the shares' mean losses the global batch's mean loss.
     last = [list(_batches(n=1003, rank=r, world=2))[-1] for r in range(2)]
     assert [len(b[1]) for b in last] == [54, 53]
-    assert [b[2] for b in last] == pytest.approx([54 * 2 / 107, 53 * 2 / 107])
+    assert [b[3] for b in last] == pytest.approx([54 * 2 / 107, 53 * 2 / 107])
     whole = list(_index_batches(_batches(n=1000)))
     assert len(shares[0]) == len(shares[1]) == len(whole)
     for b0, b1, full in zip(*shares, whole, strict=True):
@@ -113,7 +133,7 @@ def test_data_are_loaded_once_and_not_copied_per_fold(tiny_pkl):
     dm.fold = 1
     again = dm.device_data(torch.device("cpu"))
     assert all(a.data_ptr() == b.data_ptr() for a, b in zip(first, again, strict=True))
-    x, _ = next(iter(dm.train_dataloader()))
+    x = next(iter(dm.train_dataloader()))[0]
     assert x.dtype == torch.float32
 
 

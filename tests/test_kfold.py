@@ -141,7 +141,11 @@ def test_ensemble_votes_with_the_fold_models(base_run, tiny_pkl):
             run_dir / f"fold_{i}" / "checkpoints" / "best.ckpt", map_location="cpu"
         ).eval()
         with torch.no_grad():
-            probs = probs + model(x_test).softmax(1)
+            fold_probs = model(x_test).softmax(1)
+        # Kept from the fold's test pass, in test-set order: the best model's probabilities.
+        saved = np.load(run_dir / f"fold_{i}" / "test_probs.npy")
+        np.testing.assert_allclose(saved, fold_probs.numpy(), atol=1e-6)
+        probs = probs + fold_probs
     acc = (probs.argmax(1) == y_test).float().mean().item()
     assert results["ensemble_test_acc"] == pytest.approx(acc, abs=1e-6)
 

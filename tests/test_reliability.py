@@ -167,6 +167,9 @@ BAD_OPTIONS = [
     (["--model.lr", "inf"], "--model.lr"),
     (["--model.l2", "-0.5"], "--model.l2 must be a finite number >= 0"),
     (["--trainer.max_epochs", "0"], "--trainer.max_epochs must be at least 1"),
+    (["--trainer.gradient_clip_val", "1.0"], "--trainer.gradient_clip_val is not supported"),
+    (["--trainer.accumulate_grad_batches", "2"], "--trainer.accumulate_grad_batches is not"),
+    (["--data.steps_per_batch", "0"], "--data.steps_per_batch must be at least 1"),
 ]
 
 
