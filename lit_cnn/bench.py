@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from lit_cnn import __version__
 from lit_cnn.cli import TRAINER_DEFAULTS
-from lit_cnn.data import DataError, ImageData, load_images, to_float
+from lit_cnn.data import DataError, ImageData, load_images, pad_images, to_float
 from lit_cnn.datamodule import IndexBatches, KFoldDataModule
 from lit_cnn.kfold import FoldSetup, train_fold
 from lit_cnn.malloc import MALLOC_ENV
@@ -602,8 +602,8 @@ def _notebook_command(
 def write_subset_pickle(source: str | os.PathLike[str], n_train: int, out: Path) -> Path:
     """Writes a notebook-format pickle of ``source``'s first ``n_train`` training images.
 
-    The test set is kept whole. Images are written as :func:`lit_cnn.data.load_images` holds
-    them, (N, 32, 32), as ``scripts/prepare_data.py`` writes them.
+    The test set is kept whole. Images are written uint8 (N, 32, 32), as
+    ``scripts/prepare_data.py`` writes them and the notebook read them.
 
     Raises:
         ValueError: ``n_train`` is below 1 or above the number of training images.
@@ -614,8 +614,8 @@ def write_subset_pickle(source: str | os.PathLike[str], n_train: int, out: Path)
         raise ValueError(
             f"--n-train must be between 1 and {available} ({data.source}), got {n_train}"
         )
-    train = (data.x_train[:n_train, 0].numpy(), data.y_train[:n_train].numpy())
-    test = (data.x_test[:, 0].numpy(), data.y_test.numpy())
+    train = (pad_images(data.x_train[:n_train])[:, 0].numpy(), data.y_train[:n_train].numpy())
+    test = (pad_images(data.x_test)[:, 0].numpy(), data.y_test.numpy())
     with open(out, "wb") as f:
         pickle.dump((train, test), f, protocol=4)
     return out

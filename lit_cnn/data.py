@@ -20,6 +20,7 @@ import importlib
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,7 @@ __all__ = [
     "ImageData",
     "load_dataset",
     "load_images",
+    "pad_images",
     "to_float",
 ]
 
@@ -66,8 +68,10 @@ class ImageData:
     """Images and labels as stored in memory, before scaling.
 
     Attributes:
-        x_train: Training images, shape (N, 1, 32, 32); uint8 when every pixel of the training
-            and test images is an integer in [0, 255], float32 otherwise.
+        x_train: Training images, shape (N, 1, S, S) with S = 28 or 32 as in the file (
+            :func:`to_float` pads 28 to 32); uint8 when every pixel of the training and test
+            images is an integer in [0, 255], float32 otherwise. May be read-only (shared
+            with the file's buffer): never write into it.
         y_train: Training labels 0-9, int64, shape (N,).
         x_test: Test images, like ``x_train``.
         y_test: Test labels, like ``y_train``.
@@ -95,9 +99,27 @@ def to_float(x: torch.Tensor, scale: float) -> torch.Tensor:
         scale: The data's scaling constant, :attr:`ImageData.scale`.
 
     Returns:
-        ``x`` as float32 divided by ``scale``.
+        ``x`` as float32 divided by ``scale``, (N, 1, 32, 32): 28 x 28 images are zero-padded
+        by 2 pixels on each side, as LeNet did.
     """
-    return x.to(torch.float32) / scale
+    # Padded per batch rather than once at load time: a padded copy of a whole 28 x 28 set
+    # would coexist with the file's buffer while it was made, and stay 30% larger.
+    return pad_images(x.to(torch.float32) / scale)
+
+
+def pad_images(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pads (N, 1, 28, 28) images by 2 pixels on each side to 32 x 32, as LeNet did.
+
+    Args:
+        x: Images of any dtype, (N, 1, 28, 28) or (N, 1, 32, 32).
+
+    Returns:
+        (N, 1, 32, 32) images: ``x`` itself when it is 32 x 32 already.
+    """
+    if x.shape[-1] == _SIDE:
+        return x
+    pad = (_SIDE - x.shape[-1]) // 2
+    return torch.nn.functional.pad(x, (pad, pad, pad, pad))
 
 
 def load_images(path: str | os.PathLike[str] | None = None) -> ImageData:
@@ -212,9 +234,18 @@ _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("_codecs", "encode"): lambda: codecs.encode,
     ("builtins", "bytes"): lambda: bytes,
     ("__builtin__", "bytes"): lambda: bytes,
-    ("builtins", "bytearray"): lambda: bytearray,
-    ("__builtin__", "bytearray"): lambda: bytearray,
+    ("builtins", "bytearray"): lambda: _buffer,
+    ("__builtin__", "bytearray"): lambda: _buffer,
 }
+
+
+def _buffer(*args: Any) -> bytes | bytearray:
+    # Stands in for bytearray, which pickles use to hand an array its raw bytes (so does
+    # scripts/prepare_data.py). bytearray(b) would copy b while the unpickler still holds b:
+    # twice the images in memory. The array gets the bytes themselves instead, read-only.
+    if len(args) == 1 and isinstance(args[0], bytes):
+        return args[0]
+    return bytearray(*args)
 
 _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -380,14 +411,14 @@ def _fits_uint8(x: np.ndarray) -> bool:
     return True
 
 
-def _pad(x: np.ndarray, dtype: type) -> torch.Tensor:
-    # Copies x into a fresh (N, 1, 32, 32) array, casting and zero-padding 28 x 28 images by
-    # 2 pixels on each side as LeNet did. The copy also frees the result from the unpickled
-    # buffers, which may be read-only.
-    out = np.zeros((len(x), 1, _SIDE, _SIDE), dtype=dtype)
-    lo = (_SIDE - x.shape[2]) // 2
-    out[:, :, lo : lo + x.shape[2], lo : lo + x.shape[3]] = x
-    return torch.from_numpy(out)
+def _store(x: np.ndarray, dtype: type) -> torch.Tensor:
+    # The images at the file's size, cast to the storage dtype: no copy at all when the file
+    # holds them in that dtype already, so the file's buffer is the only copy in memory.
+    out = np.ascontiguousarray(x, dtype=dtype)
+    with warnings.catch_warnings():
+        # Buffers from the file are read-only; lit_cnn only ever reads stored images.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(out)
 
 
 def _scale_of(x_train: torch.Tensor) -> float:
@@ -413,11 +444,11 @@ def _build(
     y_train = _check_labels(y_train, len(x_train), "train", source)
     y_test = _check_labels(y_test, len(x_test), "test", source)
     dtype = np.uint8 if _fits_uint8(x_train) and _fits_uint8(x_test) else np.float32
-    train = _pad(x_train, dtype)
+    train = _store(x_train, dtype)
     return ImageData(
         x_train=train,
         y_train=torch.from_numpy(y_train),
-        x_test=_pad(x_test, dtype),
+        x_test=_store(x_test, dtype),
         y_test=torch.from_numpy(y_test),
         # Taken from the stored (possibly float32-rounded) images, so that the training max
         # maps to exactly 1.0.

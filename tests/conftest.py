@@ -29,11 +29,12 @@ def script(name: str) -> list[str]:
 def _tiny(tmp_path_factory, n_train: int, n_test: int) -> Path:
     import pickle
 
-    from lit_cnn.data import load_images
+    from lit_cnn.data import load_images, pad_images
 
     d = load_images("sample")
-    train = (d.x_train[:n_train, 0].numpy(), d.y_train[:n_train].numpy())
-    test = (d.x_test[:n_test, 0].numpy(), d.y_test[:n_test].numpy())
+    # (N, 32, 32) uint8, as the notebook's file held them
+    train = (pad_images(d.x_train[:n_train])[:, 0].numpy(), d.y_train[:n_train].numpy())
+    test = (pad_images(d.x_test[:n_test])[:, 0].numpy(), d.y_test[:n_test].numpy())
     path = tmp_path_factory.mktemp("data") / f"tiny_{n_train}_{n_test}.pkl"
     with open(path, "wb") as f:
         pickle.dump((train, test), f)

@@ -68,20 +68,24 @@ def test_accepted_shapes(tmp_path, shape):
     path = write(tmp_path / "d.pkl", ((x, y), test))
     d = load_images(path)
     assert isinstance(d, ImageData)
-    assert d.x_train.shape == (20, 1, 32, 32) and d.x_test.shape == (10, 1, 32, 32)
+    side = 32 if 32 in shape else 28
+    # Stored at the file's size; network input is always 32 x 32.
+    assert d.x_train.shape == (20, 1, side, side) and d.x_test.shape == (10, 1, side, side)
     assert d.x_train.dtype == d.x_test.dtype == torch.uint8
     assert d.y_train.dtype == d.y_test.dtype == torch.int64
     assert d.scale == 255.0
     assert d.source == str(path)
     assert torch.equal(d.y_train, torch.from_numpy(y))
-    side = 32 if 32 in shape else 28
     original = torch.from_numpy(x.reshape(20, 1, side, side))
+    assert torch.equal(d.x_train, original)
+    net_input = to_float(d.x_train, d.scale)
+    assert net_input.shape == (20, 1, 32, 32)
     if side == 32:
-        assert torch.equal(d.x_train, original)
+        assert torch.equal(net_input, original / 255.0)
     else:
         # Zero-padded by 2 on each side: the digit sits in [2:30, 2:30].
-        assert torch.equal(d.x_train[:, :, 2:30, 2:30], original)
-        border = d.x_train.clone()
+        assert torch.equal(net_input[:, :, 2:30, 2:30], original / 255.0)
+        border = net_input.clone()
         border[:, :, 2:30, 2:30] = 0
         assert not border.any()
 
@@ -435,15 +439,12 @@ def test_default_path_with_hostile_pickle(tmp_path, monkeypatch):
 def test_sample():
     d = load_images(SAMPLE)
     assert d.source == "sample"
-    assert d.x_train.shape == (4000, 1, 32, 32) and d.x_test.shape == (1000, 1, 32, 32)
+    # MNIST's 28 x 28 digits, kept at that size; to_float pads them.
+    assert d.x_train.shape == (4000, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)
     assert d.x_train.dtype == d.x_test.dtype == torch.uint8
     assert d.scale == 255.0
     assert torch.equal(torch.bincount(d.y_train), torch.full((10,), 400))
     assert torch.equal(torch.bincount(d.y_test), torch.full((10,), 100))
-    # 28 x 28 digits, padded.
-    border = d.x_train.clone()
-    border[:, :, 2:30, 2:30] = 0
-    assert not border.any()
     assert d.x_train.max() == 255
 
 
