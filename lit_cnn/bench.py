@@ -279,7 +279,8 @@ def notebook_epochs(
         seed: Seeds the initial weights (the same as (a)'s and (b)'s) and the shuffling.
     """
     torch.manual_seed(seed)
-    module = get_model(name)
+    # Channels-first, as the notebook's networks were: channels_last is lit_cnn's option.
+    module = get_model(name, channels_last=False)
     hp = module.hparams
     trainer = Trainer(module.net.to(device), hp.optimizer, hp.lr, batch_size, epochs, hp.l2)
     loader = trainer.loader(dataset)

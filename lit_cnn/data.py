@@ -247,6 +247,7 @@ def _buffer(*args: Any) -> bytes | bytearray:
         return args[0]
     return bytearray(*args)
 
+
 _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 

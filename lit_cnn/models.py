@@ -83,6 +83,10 @@ class CNNModule(L.LightningModule):
         softmax_output: End the network in Softmax and take the cross-entropy of those
             probabilities, as the notebook did. Only for reproducing its ResNN collapse.
         compile: Wrap the network in ``torch.compile``.
+        channels_last: Keep the convolutions' weights and activations in channels-last
+            memory order (NHWC). On the CPU it made a training step 10-30% faster for these
+            networks (oneDNN's NHWC kernels); the numbers differ from NCHW's only by
+            floating-point rounding.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class CNNModule(L.LightningModule):
         optimizer: Literal["adam", "sgdm"] = "adam",
         softmax_output: bool = False,
         compile: bool = False,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -104,6 +109,8 @@ class CNNModule(L.LightningModule):
         self.net = self.build()
         if softmax_output:
             self.net.append(nn.Softmax(dim=-1))
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self._forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
         self.example_input_array = torch.zeros(2, 1, 32, 32)
         for stage in ("val", "test"):
@@ -142,6 +149,8 @@ class CNNModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Maps images (B, 1, 32, 32) to logits (B, 10), or probabilities with softmax_output."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self._forward(x)
 
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:

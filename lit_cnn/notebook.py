@@ -277,7 +277,8 @@ def notebook_net(name: str) -> nn.Module:
     """The plain ``nn.Sequential`` of lit_cnn's architecture ``name`` (logits out)."""
     from lit_cnn.models import get_model
 
-    return get_model(name).net
+    # Channels-first, as the notebook's networks were: channels_last is lit_cnn's option.
+    return get_model(name, channels_last=False).net
 
 
 def load_notebook_pickle(
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds, rss = time.perf_counter() - start, _peak_rss_mib() - rss_before
     print(f"{NET_IMPORT_PREFIX} {seconds:.3f} s, {rss:.1f} MiB", flush=True)
-    hparams = get_model(args.model).hparams
+    hparams = get_model(args.model, channels_last=False).hparams
     lr = hparams.lr if args.lr is None else args.lr
     l2 = hparams.l2 if args.l2 is None else args.l2
 

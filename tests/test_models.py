@@ -170,3 +170,17 @@ def test_epoch_train_metrics_are_the_steps_mean_loss_and_accuracy(sample_batch):
     # The grouped steps are the replay's steps: the same weights at the end.
     for p_lit, p_replay in zip(model.parameters(), replay.parameters(), strict=True):
         torch.testing.assert_close(p_lit, p_replay)
+
+
+@pytest.mark.parametrize("name", lit_cnn.list_models())
+def test_channels_last_computes_the_same_function(name, sample_batch):
+    torch.manual_seed(0)
+    nhwc = lit_cnn.get_model(name, channels_last=True).eval()
+    nchw = lit_cnn.get_model(name, channels_last=False).eval()
+    nchw.load_state_dict(nhwc.state_dict())
+    for p in nhwc.parameters():
+        if p.ndim == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last)
+    x = sample_batch[0][:32]
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), nchw(x), atol=1e-5, rtol=1e-4)
