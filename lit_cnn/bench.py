@@ -571,7 +571,7 @@ def _kfold_command(
     entry = (
         [str(script)]
         if script.exists()
-        else ["-c", "import sys; from lit_cnn.cli import cli_main; sys.exit(cli_main())"]
+        else ["-c", "from lit_cnn.cli import cli_main, exit_now; exit_now(cli_main())"]
     )
     return [
         sys.executable, *entry,

@@ -16,6 +16,7 @@ The run directory is ``<root>/lightning_logs/<model>/<run_name or version_N>/``:
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import re
@@ -266,6 +267,9 @@ def train_folds(
         record, probs, _ = train_fold(
             fold, build(fold), dm, run_dir, patience, last if last.is_file() else None
         )
+        # A fold's Trainer, model and optimizer hold reference cycles: collected now, their
+        # memory serves the next fold instead of adding to it (8 MB a fold on 60,000 images).
+        gc.collect()
         if rank_zero_only.rank == 0:  # under DDP every rank trains the fold; one records it
             _save_fold(fold_dir, record, probs)
             if record["diverged"]:

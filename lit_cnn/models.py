@@ -84,9 +84,10 @@ class CNNModule(L.LightningModule):
             probabilities, as the notebook did. Only for reproducing its ResNN collapse.
         compile: Wrap the network in ``torch.compile``.
         channels_last: Keep the convolutions' weights and activations in channels-last
-            memory order (NHWC). On the CPU it made a training step 10-30% faster for these
-            networks (oneDNN's NHWC kernels); the numbers differ from NCHW's only by
-            floating-point rounding.
+            memory order (NHWC); the numbers differ from NCHW's only by floating-point
+            rounding. ``None`` (default): on for the networks without BatchNorm, off for
+            those with it: measured on the CPU with ``scripts/bench.py``, NHWC made
+            ShallowCNN, DeepCNN and ResNN faster and the BatchNorm networks about 25% slower.
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class CNNModule(L.LightningModule):
         optimizer: Literal["adam", "sgdm"] = "adam",
         softmax_output: bool = False,
         compile: bool = False,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -109,6 +110,9 @@ class CNNModule(L.LightningModule):
         self.net = self.build()
         if softmax_output:
             self.net.append(nn.Softmax(dim=-1))
+        if channels_last is None:
+            channels_last = not any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())
+        self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
@@ -149,7 +153,7 @@ class CNNModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Maps images (B, 1, 32, 32) to logits (B, 10), or probabilities with softmax_output."""
-        if self.hparams.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._forward(x)
 

@@ -9,9 +9,8 @@ Results land in lightning_logs/compare/<name or version_N>/; the last line print
 directory.
 """
 
-import sys
-
+from lit_cnn.cli import exit_now
 from lit_cnn.compare import compare_main
 
 if __name__ == "__main__":
-    sys.exit(compare_main())
+    exit_now(compare_main())

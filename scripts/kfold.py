@@ -8,9 +8,7 @@
 Results land in lightning_logs/<model>/<run>/; the last line printed is that directory.
 """
 
-import sys
-
-from lit_cnn.cli import cli_main
+from lit_cnn.cli import cli_main, exit_now
 
 if __name__ == "__main__":
-    sys.exit(cli_main())
+    exit_now(cli_main())

@@ -90,6 +90,17 @@ def test_accepted_shapes(tmp_path, shape):
         assert not border.any()
 
 
+def test_padded_digits_are_stored_without_their_border(tmp_path):
+    # 32 x 32 images with a zero 2-pixel border keep their 28 x 28 interior; the network
+    # still gets the same 32 x 32 floats.
+    (x, y), (xt, yt) = dataset((28, 28))
+    padded = np.zeros((20, 32, 32), np.uint8)
+    padded[:, 2:30, 2:30] = x.reshape(20, 28, 28)
+    d = load_images(write(tmp_path / "d.pkl", ((padded, y), (xt, yt))))
+    assert d.x_train.shape == (20, 1, 28, 28)
+    assert torch.equal(to_float(d.x_train, d.scale), torch.from_numpy(padded)[:, None] / 255.0)
+
+
 @pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 @pytest.mark.parametrize("container", [tuple, list])
 def test_protocols_and_containers(tmp_path, protocol, container):

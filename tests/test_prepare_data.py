@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_cnn import data, idx
-from lit_cnn.data import load_dataset, load_images
+from lit_cnn.data import load_dataset, load_images, to_float
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"
@@ -133,7 +133,8 @@ def test_existing_output_needs_force(idx_dir, tmp_path):
     assert out.read_bytes() == b"precious"
     result = run(idx_dir, "--out", out, "--force")
     assert result.returncode == 0, result.stderr
-    assert load_images(out).x_train.shape == (N_TRAIN, 1, 32, 32)
+    d = load_images(out)
+    assert to_float(d.x_train, d.scale).shape == (N_TRAIN, 1, 32, 32)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
