@@ -412,6 +412,7 @@ def cli_main(args: list[str] | None = None) -> int:
                 early_break=cfg.early_break,
                 patience=cfg.patience,
                 parallel=parallel,
+                free_data=True,
             ),
             PROG,
             f"python scripts/kfold.py --resume {run_dir}",

@@ -8,6 +8,7 @@ batches, scaled to float per batch: no per-image ``__getitem__``, no collate, no
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 
 import lightning as L
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lit_cnn.data import ImageData, load_images, to_float
+from lit_cnn.malloc import release_free_memory
 
 
 class IndexBatches:
@@ -172,6 +174,7 @@ class KFoldDataModule(L.LightningDataModule):
         """The loaded images and labels (loaded on first use, then kept)."""
         if self._data is None:
             self._data = load_images(self.path)
+            release_free_memory()  # the file's buffers, freed after loading
         return self._data
 
     @property
@@ -197,6 +200,16 @@ class KFoldDataModule(L.LightningDataModule):
             splitter = splitter_cls(self.k, shuffle=True, random_state=self.seed)
             self._folds = list(splitter.split(np.zeros(len(y)), y))
         return self._folds
+
+    def free_data(self) -> None:
+        """Drops the loaded images and labels and their device copy; the folds stay.
+
+        The next use of :attr:`data` loads the file again.
+        """
+        self._data = None
+        self._device_data = None
+        gc.collect()  # a finished fit's Trainer may still reach them through a cycle
+        release_free_memory()
 
     def device_data(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The stored train and test tensors on ``device``, moved there once per run."""

@@ -43,6 +43,7 @@ from lit_cnn import __version__
 from lit_cnn.data import to_float
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.distributed import FoldParallel
+from lit_cnn.malloc import release_free_memory
 from lit_cnn.models import CNNModule
 from lit_cnn.report import atomic_write, mean_std, notebook_summary, write_json, write_report
 from lit_cnn.timing import EpochTimer
@@ -267,9 +268,10 @@ def train_folds(
         record, probs, _ = train_fold(
             fold, build(fold), dm, run_dir, patience, last if last.is_file() else None
         )
-        # A fold's Trainer, model and optimizer hold reference cycles: collected now, their
-        # memory serves the next fold instead of adding to it (8 MB a fold on 60,000 images).
+        # A fold's Trainer, model and optimizer hold reference cycles: collected now, and
+        # their memory handed back, the next fold does not add to the run's peak.
         gc.collect()
+        release_free_memory()
         if rank_zero_only.rank == 0:  # under DDP every rank trains the fold; one records it
             _save_fold(fold_dir, record, probs)
             if record["diverged"]:
@@ -294,9 +296,13 @@ def summarize(
     model_name: str,
     config: dict[str, Any] | None = None,
     early_break: bool = False,
+    free_data: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Aggregates fold outcomes into results.json and the report, and prints the summary.
+
+    Args:
+        free_data: Free ``dm``'s images before drawing the report (see :func:`run_kfold`).
 
     Returns:
         The contents of results.json.
@@ -304,7 +310,10 @@ def summarize(
     records = [r for r, _ in outcomes]
     ok = [r for r in records if not r["diverged"]]
     diverged = [r["fold"] for r in records if r["diverged"]]
-    y_test = dm.data.y_test.numpy()
+    y_test = dm.data.y_test.numpy().copy()
+    source, device = dm.source, _device_name(dm)
+    if free_data:
+        dm.free_data()
     if ok:
         mean_probs = torch.stack([p for _, p in outcomes if p is not None]).mean(dim=0)
         ensemble = mean_probs.argmax(dim=1).numpy()
@@ -317,7 +326,7 @@ def summarize(
         "k": dm.k,
         "seed": dm.seed,
         "config": config or {},
-        "data": dm.source,
+        "data": source,
         "folds": records,
         "train_acc_mean": train_mean,
         "train_acc_std": train_std,
@@ -326,7 +335,7 @@ def summarize(
         "ensemble_test_acc": float((ensemble == y_test).mean()) if ok else None,
         "diverged_folds": diverged,
         "versions": _versions(),
-        "device": _device_name(dm),
+        "device": device,
     }
     write_report(run_dir, results, y_test, ensemble)
     log("Final results:" if not early_break else "Results of the first fold:")
@@ -351,6 +360,7 @@ def run_kfold(
     early_break: bool = False,
     patience: int | None = None,
     parallel: FoldParallel | None = None,
+    free_data: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Runs K-fold cross-validation and writes the run directory.
@@ -366,6 +376,9 @@ def run_kfold(
         early_break: Train only the first fold (the notebook's single train/validation round).
         patience: Early-stopping patience in epochs; ``None`` runs every epoch.
         parallel: Spread the folds over the ranks of a torchrun job (fold-parallel).
+        free_data: Free ``dm``'s images once every fold is trained, before the report is
+            drawn, so that the figures do not add to the run's peak memory; for a caller
+            that has no further use for them.
         log: Where progress lines go.
 
     Returns:
@@ -394,5 +407,6 @@ def run_kfold(
         model_name=model_name,
         config=config,
         early_break=early_break,
+        free_data=free_data,
         log=log,
     )

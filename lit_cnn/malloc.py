@@ -16,17 +16,37 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hands the allocator's free pages back to the kernel (glibc's ``malloc_trim``).
+
+    With :func:`tune_malloc`'s trim threshold glibc keeps freed memory for reuse; after a
+    one-off peak, such as reading a data file, this returns it.
+
+    Returns:
+        Whether it ran (False where the C library is not glibc).
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def tune_malloc() -> bool:
     """Sets :data:`MALLOC_ENV`'s thresholds in this process.
 
     Returns:
         Whether they were set (False where the C library is not glibc).
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    if not hasattr(libc, "mallopt"):
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
     return all(
         libc.mallopt(param, int(MALLOC_ENV[name])) == 1

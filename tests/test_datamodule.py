@@ -139,3 +139,13 @@ def test_data_are_loaded_once_and_not_copied_per_fold(tiny_pkl):
 
 def test_sample_loads_uint8():
     assert load_images("sample").x_train.dtype == torch.uint8
+
+
+def test_freed_data_are_loaded_again_on_next_use(tiny_pkl):
+    dm = KFoldDataModule(path=str(tiny_pkl), k=3)
+    folds, y_test = dm.folds, dm.data.y_test.clone()
+    dm.device_data(torch.device("cpu"))
+    dm.free_data()
+    assert dm._data is None and dm._device_data is None
+    assert dm.folds is folds  # the split stays
+    assert torch.equal(dm.data.y_test, y_test)
