@@ -21,6 +21,7 @@ import json
 import platform
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,9 @@ def train_fold(
         default_hp_metric=False,
     )
     trainer = L.Trainer(**{**setup.trainer_kwargs, "callbacks": callbacks, "logger": logger})
+    # Lightning warns when an epoch has fewer batches than log_every_n_steps; lit_cnn logs
+    # once per epoch, and a batch is a group of steps (see IndexBatches), so it never applies.
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
     model = setup.model
     dm.fold = fold
 
