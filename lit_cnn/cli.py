@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -157,6 +158,8 @@ def parse_error_line(err: Exception) -> str:
     if keys == ["model"] and value and not value.startswith("NestedArg"):
         return f"--model: unknown model {value!r}; valid models: {', '.join(list_models())}"
     value = re.findall(r"Got value: (.*)", text) or [value]
+    # jsonargparse quotes a dotted option's value as NestedArg(key='...', val='...').
+    value = [re.sub(r"NestedArg\(key='[^']*', val='(.*)'\)", r"\1", v.strip()) for v in value]
     expected = re.findall(r"Expected (?:an? )?(<class '\w+'>|typing\.Literal\[.*?\])", text)
     want = expected[0] if expected else "a valid value"
     literal = re.search(r"Literal\[(.*)\]", want)
@@ -352,7 +355,12 @@ def cli_main(args: list[str] | None = None) -> int:
         run_dir = _resume_dir(resume) if resume else None
         if run_dir is not None:
             argv = ["--config", str(run_dir / CONFIG), *argv]
-        cli = KFoldCLI(args=argv)
+        with warnings.catch_warnings():
+            # LightningCLI warns whenever `args` is given while sys.argv holds arguments too:
+            # here `args` is sys.argv itself (less --resume), and the warning would make every
+            # error message two lines.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            cli = KFoldCLI(args=argv)
     except UsageError as err:
         return _fail(str(err))
     except ArgumentError as err:

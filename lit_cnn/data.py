@@ -105,7 +105,7 @@ def to_float(x: torch.Tensor, scale: float) -> torch.Tensor:
     """
     # Padded per batch rather than once at load time: a padded copy of a whole 28 x 28 set
     # would coexist with the file's buffer while it was made, and stay 30% larger.
-    return pad_images(x.to(torch.float32) / scale)
+    return pad_images(x).to(torch.float32) / scale
 
 
 def pad_images(x: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ class IndexBatches:
     takes its own slice of each global batch, so ``batch_size`` is the global batch.
 
     Args:
-        images: (N, 1, 32, 32) stored images (uint8 or float32), on the training device.
+        images: (N, 1, S, S) stored images, S = 28 or 32 (see ImageData), uint8 or float32,
+            on the training device.
         labels: (N,) int64 labels on the same device.
         indices: (n,) int64 indices of the samples to serve, on the same device.
         batch_size: Global batch size (summed over ranks).

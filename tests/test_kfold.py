@@ -281,6 +281,29 @@ def test_a_bad_option_is_one_line_and_status_2(tmp_path, capsys):
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (["--model.channels_last", "maybe"], "--model.channels_last: invalid value 'maybe'"),
+        (["--data.steps_per_batch", "0"], "--data.steps_per_batch must be at least 1"),
+    ],
+)
+def test_the_script_s_stderr_is_one_line_for_a_bad_option(tmp_path, option, message):
+    # As a user sees it: the script's whole stderr, Lightning's own warnings included.
+    proc = subprocess.run(
+        [*script("kfold.py"), *option, "--trainer.default_root_dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kfold.py: error: "), proc.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 CONFIGS = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
 
 
