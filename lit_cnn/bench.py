@@ -26,6 +26,9 @@ land on whichever run came first. After that, the first epoch of a run is no slo
 next ones (measured on 2 CPU cores: epoch 0 over the mean of epochs 1-2 was 0.79-1.07 across
 a, b and c, with no trend), so no epoch is discarded by default (``warmup_epochs=0``).
 
+Options (``bench_options``) time the plain loop (b) with each memory order and with and without
+the optimizer's fused kernel: the measurements behind each architecture's defaults.
+
 Whole run (``whole_run``) times complete K-fold runs, start-up included, as subprocesses
 alternating A (``scripts/kfold.py``) and B (``python -m lit_cnn.notebook``), and reads each
 one's peak resident memory.
@@ -62,7 +65,7 @@ from lit_cnn.datamodule import IndexBatches, KFoldDataModule
 from lit_cnn.kfold import FoldSetup, train_fold
 from lit_cnn.malloc import MALLOC_ENV
 from lit_cnn.malloc import tune_malloc as _tune_malloc
-from lit_cnn.models import CNNModule, get_model, list_models
+from lit_cnn.models import FUSED_DEVICES, CNNModule, get_model, get_model_class, list_models
 from lit_cnn.notebook import NET_IMPORT_PREFIX, MnistDataset, Trainer
 from lit_cnn.timing import device_sync
 
@@ -250,11 +253,20 @@ def plain_epoch(
 
 
 def plain_epochs(
-    name: str, dm: KFoldDataModule, device: torch.device, epochs: int, seed: int
+    name: str,
+    dm: KFoldDataModule,
+    device: torch.device,
+    epochs: int,
+    seed: int,
+    **hparams: Any,
 ) -> list[float]:
-    """(b): ``epochs`` epochs of the plain loop on fold 0 of ``dm``; the seconds of each."""
+    """(b): ``epochs`` epochs of the plain loop on fold 0 of ``dm``; the seconds of each.
+
+    ``hparams`` go to the model (``channels_last``, ``fused``); by default it is built as
+    lit_cnn builds it.
+    """
     torch.manual_seed(seed)
-    model = get_model(name).to(device).train()
+    model = get_model(name, **hparams).to(device).train()
     optimizer = model.configure_optimizers()
     batches = train_batches(dm, device)
     return [plain_epoch(model, optimizer, batches, device) for _ in range(epochs)]
@@ -402,6 +414,92 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "best_ratio_a_b": min(times["a"]) / min(times["b"]),
         "best_ratio_c_a": min(times["c"]) / min(times["a"]),
     }
+
+
+# The options of bench_options: (label, model hparams). The first is the reference.
+OPTIONS: list[tuple[str, dict[str, bool]]] = [
+    ("NCHW", {"channels_last": False, "fused": False}),
+    ("NHWC", {"channels_last": True, "fused": False}),
+    ("NCHW+fused", {"channels_last": False, "fused": True}),
+    ("NHWC+fused", {"channels_last": True, "fused": True}),
+]
+
+
+def bench_options(
+    models: Sequence[str],
+    data: ImageData,
+    device: torch.device,
+    *,
+    batch_size: int = 128,
+    repeats: int = 3,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Times the plain loop (b) under each of :data:`OPTIONS`: what lit_cnn's defaults rest on.
+
+    Memory order and the fused optimizer change no arithmetic beyond rounding, so the
+    fastest combination can be each architecture's default. One epoch per run; the options
+    alternate within each repeat.
+
+    Args:
+        models: Architecture names.
+        data: The benchmark's data; every training image is trained on.
+        device: Training device.
+        batch_size: Training batch size.
+        repeats: Rounds over the options per architecture.
+        seed: Repeat ``r`` starts every option from the weights of ``seed + r``.
+        log: Where progress lines go.
+
+    Returns:
+        Per architecture and option: the epoch seconds of each repeat, their median, and the
+        median per-repeat ratio to the first option's time.
+    """
+    dm = split_datamodule(data, batch_size, seed=seed)
+    warm_dm = split_datamodule(_head(data, min(len(data.y_train), WARMUP_IMAGES)), batch_size)
+    results: dict[str, Any] = {}
+    for name in models:
+        for _, hparams in OPTIONS:
+            plain_epochs(name, warm_dm, device, 1, seed, **hparams)
+        seconds: dict[str, list[float]] = {label: [] for label, _ in OPTIONS}
+        for r in range(repeats):
+            for label, hparams in OPTIONS:
+                seconds[label] += plain_epochs(name, dm, device, 1, seed + r, **hparams)
+            log(
+                f"{name} {r + 1}/{repeats}: "
+                + ", ".join(f"{label} {v[-1]:.2f} s" for label, v in seconds.items())
+            )
+        ref = seconds[OPTIONS[0][0]]
+        results[name] = {
+            label: {
+                "seconds": v,
+                "median_seconds": _median(v),
+                "median_ratio": _median([t / t0 for t, t0 in zip(v, ref, strict=True)]),
+            }
+            for label, v in seconds.items()
+        }
+        results[name]["default"] = {
+            "channels_last": get_model_class(name).channels_last_default,
+            "fused": device.type in FUSED_DEVICES,
+        }
+    return results
+
+
+def format_options(results: dict[str, Any]) -> str:
+    """:func:`bench_options` as a text table: median epoch seconds, ratio to the first option."""
+    labels = [label for label, _ in OPTIONS]
+    head = f"{'model':<18} " + " ".join(f"{label:>17}" for label in labels) + "  default"
+    lines = [head, "-" * len(head)]
+    for name, res in results.items():
+        cells = [
+            f"{res[label]['median_seconds']:6.2f} s ({res[label]['median_ratio']:.2f})"
+            for label in labels
+        ]
+        default = res["default"]
+        chosen = ("NHWC" if default["channels_last"] else "NCHW") + (
+            "+fused" if default["fused"] else ""
+        )
+        lines.append(f"{name:<18} " + " ".join(f"{c:>17}" for c in cells) + f"  {chosen}")
+    return "\n".join(lines)
 
 
 def _head(data: ImageData, n: int) -> ImageData:
@@ -866,6 +964,22 @@ def _run_benchmark(
         )
         out(format_whole_run(res))
         report["whole_run"] = res
+    elif args.options:
+        data = load_subset(args.data, args.n_train)
+        out(
+            f"data:     {data.source}: first {len(data.y_train):,} training images; batch "
+            f"{args.batch_size}; the plain loop (b), one epoch per run, {args.repeats} repeats "
+            "alternating the options"
+        )
+        results = bench_options(
+            args.models, data, device, batch_size=args.batch_size, repeats=args.repeats, log=log
+        )
+        out(
+            "median epoch seconds (median per-repeat ratio to NCHW); fused: the optimizer's "
+            "fused kernel; default: what lit_cnn uses on this device"
+        )
+        out(format_options(results))
+        report.update(n_train=len(data.y_train), options=results)
     else:
         data = load_subset(args.data, args.n_train)
         n_train = len(data.y_train)
@@ -963,6 +1077,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads (OMP_NUM_THREADS of whole runs); default: torch's own choice",
     )
     parser.add_argument("--whole-run", action="store_true", help="time whole K-fold runs")
+    parser.add_argument(
+        "--options",
+        action="store_true",
+        help="time the plain loop with channels-first/last memory order and the plain/fused "
+        "optimizer: the measurements behind each architecture's defaults",
+    )
     parser.add_argument("--whole-run-model", choices=list_models(), default="ShallowCNN")
     parser.add_argument("--whole-run-epochs", type=int, default=2)
     parser.add_argument("--whole-run-k", type=int, default=3)
@@ -988,6 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be at least 1")
     if args.warmup_epochs < 0:
         parser.error("--warmup-epochs must be at least 0")
+    if args.whole_run and args.options:
+        parser.error("--whole-run and --options are separate benchmarks: give one")
     if args.whole_run and args.data is None:
         parser.error("--whole-run needs --data PATH (a notebook-format pickle)")
     if args.whole_run_k < 2:

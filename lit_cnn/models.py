@@ -24,6 +24,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 NUM_CLASSES = 10
 OPTIMIZERS = ("adam", "sgdm")
+# Devices with fused Adam and SGD kernels in every torch lit_cnn supports (CPU's since 2.4).
+FUSED_DEVICES = ("cpu", "cuda")
 
 _REGISTRY: dict[str, type[CNNModule]] = {}
 
@@ -85,10 +87,17 @@ class CNNModule(L.LightningModule):
         compile: Wrap the network in ``torch.compile``.
         channels_last: Keep the convolutions' weights and activations in channels-last
             memory order (NHWC); the numbers differ from NCHW's only by floating-point
-            rounding. ``None`` (default): on for the networks without BatchNorm, off for
-            those with it: measured on the CPU with ``scripts/bench.py``, NHWC made
-            ShallowCNN, DeepCNN and ResNN faster and the BatchNorm networks about 25% slower.
+            rounding. ``None`` (default): the architecture's :attr:`channels_last_default`,
+            picked by measurement (``scripts/bench.py --options``): on for DeepCNN and ResNN,
+            which it made faster on the CPU, off for the others, which it made slower.
+        fused: Use the optimizer's fused kernel (one kernel per parameter, where the default
+            runs a dozen small ops each); the update is the same formula, rounded
+            differently. ``None`` (default): on where torch has the kernel for the
+            parameters' device (CPU, CUDA) at the time the optimizer is made.
     """
+
+    #: Channels-last memory order by default (see ``channels_last``); set per architecture.
+    channels_last_default: bool = False
 
     def __init__(
         self,
@@ -98,6 +107,7 @@ class CNNModule(L.LightningModule):
         softmax_output: bool = False,
         compile: bool = False,
         channels_last: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -111,7 +121,7 @@ class CNNModule(L.LightningModule):
         if softmax_output:
             self.net.append(nn.Softmax(dim=-1))
         if channels_last is None:
-            channels_last = not any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())
+            channels_last = self.channels_last_default
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -273,10 +283,16 @@ class CNNModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
+        # Lightning calls this once the model is on its device, so the check sees that device.
+        fused = hp.fused
+        if fused is None:
+            fused = all(p.device.type in FUSED_DEVICES for p in self.parameters())
         if hp.optimizer == "sgdm":
             # The notebook passed no weight_decay to SGD: l2 was silently ignored.
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.l2)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.l2)
+            return torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.l2, fused=fused
+            )
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.l2, fused=fused)
 
 
 @register
@@ -301,6 +317,8 @@ class ShallowCNN(CNNModule):
 class DeepCNN(CNNModule):
     """Two 3x3 conv blocks (16, 32 channels) with 2x2 pooling, then 120 units: 251,890."""
 
+    channels_last_default = True
+
     def __init__(self, lr: float = 1e-3, l2: float = 1e-3, **kwargs) -> None:
         super().__init__(lr=lr, l2=l2, **kwargs)
 
@@ -324,6 +342,7 @@ class ResNN(CNNModule):
     """The notebook's small strided net without BatchNorm: 93,712 parameters."""
 
     batch_norm = False
+    channels_last_default = True
 
     def __init__(self, lr: float = 1e-3, l2: float = 1e-2, **kwargs) -> None:
         super().__init__(lr=lr, l2=l2, **kwargs)
@@ -351,6 +370,7 @@ class ResNNBatch(ResNN):
     """ResNN with BatchNorm2d after each conv: 93,748 parameters."""
 
     batch_norm = True
+    channels_last_default = False
 
 
 @register

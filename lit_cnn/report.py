@@ -147,9 +147,26 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str):
     return fig
 
 
+def render(fig) -> np.ndarray:
+    """Draws a matplotlib figure at 100 dpi; returns its pixels, (H, W, 4) uint8 RGBA."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(100)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """Saves rendered pixels (see :func:`render`) as PNG, atomically."""
+    from matplotlib.image import imsave
+
+    atomic_write(path, lambda f: imsave(f, pixels, format="png"))
+
+
 def save_figure(fig, path: Path) -> None:
-    """Saves a matplotlib figure as PNG, atomically."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    """Saves a matplotlib figure as PNG at 100 dpi, atomically."""
+    save_png(render(fig), path)
 
 
 def write_report(
@@ -164,10 +181,12 @@ def write_report(
         figures["confusion_matrix"] = confusion_figure(
             y_true, y_pred, f"{results['model']}: fold ensemble on the test set"
         )
-    for name, fig in figures.items():
-        save_figure(fig, run_dir / f"{name}.png")
+    # Each figure is drawn once: the PNG file and TensorBoard's image get the same pixels.
+    pixels = {name: render(fig) for name, fig in figures.items()}
+    for name, rgba in pixels.items():
+        save_png(rgba, run_dir / f"{name}.png")
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(run_dir)) as writer:
-        for name, fig in figures.items():
-            writer.add_figure(name, fig, close=False)
+        for name, rgba in pixels.items():
+            writer.add_image(name, rgba[..., :3], dataformats="HWC")

@@ -52,6 +52,34 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     assert report["machine"]["cores"] and report["machine"]["torch"] == torch.__version__
 
 
+def test_options_benchmark_times_every_option(tmp_path, capsys, monkeypatch):
+    # Each option must reach the model: record what every plain run was built with.
+    seen = []
+    real = bench.plain_epochs
+
+    def spy(name, dm, device, epochs, seed, **hparams):
+        seen.append((name, hparams))
+        return real(name, dm, device, epochs, seed, **hparams)
+
+    monkeypatch.setattr(bench, "plain_epochs", spy)
+    out = tmp_path / "options.json"
+    args = ["--data", "sample", "--models", "ShallowCNN", "DeepCNN", "--n-train", "256"]
+    assert bench.main([*args, "--repeats", "2", "--options", "--json", str(out)]) == 0
+    timed = [hp for name, hp in seen if name == "DeepCNN"][len(bench.OPTIONS) :]  # after warm-up
+    assert timed == [hp for _ in range(2) for _, hp in bench.OPTIONS]  # alternating
+    report = json.loads(out.read_text())["options"]
+    for name in ("ShallowCNN", "DeepCNN"):
+        res = report[name]
+        assert res["NCHW"]["median_ratio"] == 1.0
+        assert all(len(res[label]["seconds"]) == 2 for label, _ in bench.OPTIONS)
+        assert res["default"]["channels_last"] is get_model(name).channels_last
+        assert res["default"]["fused"] is True
+    printed = capsys.readouterr().out
+    assert next(line for line in printed.splitlines() if line.startswith("DeepCNN")).endswith(
+        "NHWC+fused"
+    )
+
+
 def test_n_train_beyond_the_data_is_an_error(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--data", "sample", "--models", "ResNN", "--n-train", "999999"])
