@@ -66,7 +66,7 @@ from lit_cnn.kfold import FoldSetup, train_fold
 from lit_cnn.malloc import MALLOC_ENV
 from lit_cnn.malloc import tune_malloc as _tune_malloc
 from lit_cnn.models import FUSED_DEVICES, CNNModule, get_model, get_model_class, list_models
-from lit_cnn.notebook import NET_IMPORT_PREFIX, MnistDataset, Trainer
+from lit_cnn.notebook import MnistDataset, Trainer
 from lit_cnn.timing import device_sync
 
 METHODS = {
@@ -720,16 +720,6 @@ def write_subset_pickle(source: str | os.PathLike[str], n_train: int, out: Path)
     return out
 
 
-def _lightning_import(output: str) -> tuple[float, float]:
-    # The notebook CLI's own report of the Lightning import it needs for lit_cnn's layers:
-    # "<prefix> 1.234 s, 180.0 MiB".
-    for line in output.splitlines():
-        if line.startswith(NET_IMPORT_PREFIX):
-            seconds, _, mib, _ = line[len(NET_IMPORT_PREFIX) :].replace(",", " ").split()
-            return float(seconds), float(mib)
-    return 0.0, 0.0
-
-
 def whole_run(
     data: str | os.PathLike[str],
     *,
@@ -761,9 +751,9 @@ def whole_run(
         log: Where progress lines go.
 
     Returns:
-        Every run's seconds, peak RSS and last output lines, the per-repeat ratios A/B of wall
-        time, and the ratio with B's Lightning import (needed only for lit_cnn's layer
-        definitions; the notebook imported torch alone) taken out of B's time.
+        Every run's seconds, peak RSS and last output lines, and the per-repeat ratios A/B of
+        wall time. B imports torch, scikit-learn and matplotlib, as the notebook did, and no
+        Lightning (its layers come from :mod:`lit_cnn.nets`).
 
     Raises:
         RuntimeError: A run failed; the message holds the end of its output.
@@ -792,15 +782,7 @@ def whole_run(
                 if measured["exit"] != 0:
                     tail = "\n".join(lines[-20:])
                     raise RuntimeError(f"{shlex.join(command)} failed:\n{tail}")
-                import_seconds, import_mib = _lightning_import("\n".join(lines))
-                measured.update(
-                    which=which,
-                    repeat=r,
-                    command=shlex.join(command),
-                    import_seconds=import_seconds,
-                    import_mib=import_mib,
-                    tail=lines[-4:],
-                )
+                measured.update(which=which, repeat=r, command=shlex.join(command), tail=lines[-4:])
                 runs.append(measured)
                 log(
                     f"whole run {which} {r + 1}/{repeats}: {measured['seconds']:.1f} s, "
@@ -809,10 +791,6 @@ def whole_run(
     a_runs = [run for run in runs if run["which"] == "A"]
     b_runs = [run for run in runs if run["which"] == "B"]
     ratios = [a["seconds"] / b["seconds"] for a, b in zip(a_runs, b_runs, strict=True)]
-    ratios_adj = [
-        a["seconds"] / (b["seconds"] - b["import_seconds"])
-        for a, b in zip(a_runs, b_runs, strict=True)
-    ]
     return {
         "data": str(data),
         "n_train": n_train,
@@ -823,8 +801,6 @@ def whole_run(
         "runs": runs,
         "ratio_a_b": ratios,
         "median_ratio_a_b": _median(ratios),
-        "ratio_a_b_without_b_lightning_import": ratios_adj,
-        "median_ratio_a_b_without_b_lightning_import": _median(ratios_adj),
         "median_seconds": {
             "A": _median([run["seconds"] for run in a_runs]),
             "B": _median([run["seconds"] for run in b_runs]),
@@ -833,11 +809,6 @@ def whole_run(
             "A": max(run["peak_rss_mib"] for run in a_runs),
             "B": max(run["peak_rss_mib"] for run in b_runs),
         },
-        # What B's peak would be without the Lightning import: the import's modules stay
-        # resident for the whole run, so they count in full at its peak.
-        "peak_rss_mib_b_without_lightning_import": max(
-            run["peak_rss_mib"] - run["import_mib"] for run in b_runs
-        ),
     }
 
 
@@ -852,20 +823,11 @@ def format_whole_run(res: dict[str, Any]) -> str:
             f"{label:<24} {res['median_seconds'][which]:>9.1f} {per:<26} "
             f"{rss:>7.0f} MiB ({rss * 1.048576:.0f} MB)"
         )
-    b_import = [run["import_seconds"] for run in res["runs"] if run["which"] == "B"]
     ratios = " ".join(f"{x:.2f}" for x in res["ratio_a_b"])
     ok = "yes" if res["median_ratio_a_b"] <= TARGET_WHOLE else "NO"
     lines.append(
         f"A/B wall time: median {res['median_ratio_a_b']:.2f} (per repeat {ratios}); "
         f"target <= {TARGET_WHOLE:.2f}: {ok}"
-    )
-    # B imports Lightning only to build lit_cnn's layers; the notebook itself never did.
-    rss_b = res["peak_rss_mib_b_without_lightning_import"]
-    lines.append(
-        f"B without its Lightning import ({_median(b_import):.1f} s, "
-        f"{res['peak_rss_mib']['B'] - rss_b:.0f} MiB; the notebook never imported it): "
-        f"A/B median {res['median_ratio_a_b_without_b_lightning_import']:.2f}; "
-        f"B peak RSS {rss_b:.0f} MiB ({rss_b * 1.048576:.0f} MB)"
     )
     rss_a_mb = res["peak_rss_mib"]["A"] * 1.048576
     lines.append(

@@ -22,7 +22,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-NUM_CLASSES = 10
+from lit_cnn import nets
+from lit_cnn.nets import NUM_CLASSES
+
 OPTIMIZERS = ("adam", "sgdm")
 # Devices with fused Adam and SGD kernels in every torch lit_cnn supports (CPU's since 2.4).
 FUSED_DEVICES = ("cpu", "cuda")
@@ -295,6 +297,11 @@ class CNNModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.l2, fused=fused)
 
 
+# Each architecture: its layers from lit_cnn.nets, the notebook's lr and l2 as the defaults
+# the CLI shows (those of nets.TRAINING_DEFAULTS: tested), and whether channels-last memory
+# order made it faster (bench.py --options).
+
+
 @register
 class ShallowCNN(CNNModule):
     """One 5x5 conv (3 channels) and a 120-unit hidden layer: 370,048 parameters."""
@@ -303,14 +310,7 @@ class ShallowCNN(CNNModule):
         super().__init__(lr=lr, l2=l2, **kwargs)
 
     def build(self) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(1, 3, kernel_size=5, stride=1, padding=2),  # 3x32x32
-            nn.ReLU(),
-            nn.Flatten(),  # 3072
-            nn.Linear(3 * 32 * 32, 120),
-            nn.ReLU(),
-            nn.Linear(120, NUM_CLASSES),
-        )
+        return nets.shallow_cnn()
 
 
 @register
@@ -323,54 +323,30 @@ class DeepCNN(CNNModule):
         super().__init__(lr=lr, l2=l2, **kwargs)
 
     def build(self) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1),  # 16x32x32
-            nn.ReLU(),
-            nn.MaxPool2d(2, 2),  # 16x16x16
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),  # 32x16x16
-            nn.ReLU(),
-            nn.MaxPool2d(2, 2),  # 32x8x8
-            nn.Flatten(),  # 2048
-            nn.Linear(32 * 8 * 8, 120),
-            nn.ReLU(),
-            nn.Linear(120, NUM_CLASSES),
-        )
+        return nets.deep_cnn()
 
 
 @register
 class ResNN(CNNModule):
     """The notebook's small strided net without BatchNorm: 93,712 parameters."""
 
-    batch_norm = False
     channels_last_default = True
 
     def __init__(self, lr: float = 1e-3, l2: float = 1e-2, **kwargs) -> None:
         super().__init__(lr=lr, l2=l2, **kwargs)
 
-    def block(self, c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
-        """Conv (+ BatchNorm) + ReLU + MaxPool(k2, s1)."""
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=1)]
-        if self.batch_norm:
-            layers.append(nn.BatchNorm2d(c_out))
-        return [*layers, nn.ReLU(), nn.MaxPool2d(kernel_size=2, stride=1)]
-
     def build(self) -> nn.Sequential:
-        return nn.Sequential(
-            *self.block(1, 6, kernel=4, stride=2),  # conv 6x16x16, pool 6x15x15
-            *self.block(6, 12, kernel=2, stride=3),  # conv 12x6x6, pool 12x5x5
-            nn.Flatten(),  # 300
-            nn.Linear(12 * 5 * 5, 300),
-            nn.ReLU(),
-            nn.Linear(300, NUM_CLASSES),
-        )
+        return nets.res_nn(batch_norm=False)
 
 
 @register
 class ResNNBatch(ResNN):
     """ResNN with BatchNorm2d after each conv: 93,748 parameters."""
 
-    batch_norm = True
     channels_last_default = False
+
+    def build(self) -> nn.Sequential:
+        return nets.res_nn(batch_norm=True)
 
 
 @register
@@ -378,35 +354,9 @@ class ResNNBatch_NoSkip(ResNNBatch):  # noqa: N801 (the notebook's name)
     """The same layers as ResNNBatch: the control of the skip-connection experiment."""
 
 
-class _SkipBlock(nn.Module):
-    """Conv-BN, plus a 1x1 projection shortcut of the input, then ReLU (ResNet's option B)."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=1)
-        self.bn = nn.BatchNorm2d(c_out)
-        # 6x15x15 -> 12x6x6, the shape of the conv branch: (15 - 1 + 2)/3 + 1 = 6.
-        self.shortcut = nn.Sequential(
-            nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, padding=1),
-            nn.BatchNorm2d(c_out),
-        )
-        self.relu = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.conv(x)) + self.shortcut(x))
-
-
 @register
 class ResNNBatch_Skip(ResNNBatch):  # noqa: N801 (the notebook's name)
     """ResNNBatch with a projection shortcut around the second conv block: 93,856 parameters."""
 
     def build(self) -> nn.Sequential:
-        return nn.Sequential(
-            *self.block(1, 6, kernel=4, stride=2),  # 6x15x15
-            _SkipBlock(6, 12, kernel=2, stride=3),  # 12x6x6
-            nn.MaxPool2d(kernel_size=2, stride=1),  # 12x5x5
-            nn.Flatten(),
-            nn.Linear(12 * 5 * 5, 300),
-            nn.ReLU(),
-            nn.Linear(300, NUM_CLASSES),
-        )
+        return nets.res_nn_skip()

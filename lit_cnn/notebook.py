@@ -13,9 +13,9 @@ lit_cnn gains over it on the same machine. It does what the notebook's ``MnistDa
 
 Where it differs from the notebook, it does so without changing the cost:
 
-- The networks are lit_cnn's own (``get_model(name).net``, a plain ``nn.Sequential``) so both
-  sides train identical layers. They output logits; the notebook ended in Softmax, which fed
-  probabilities to ``CrossEntropyLoss`` (a bug, and a negligible cost).
+- The networks are lit_cnn's own layers (:mod:`lit_cnn.nets`, plain ``nn.Sequential``s that
+  need no Lightning) so both sides train identical layers. They output logits; the notebook
+  ended in Softmax, which fed probabilities to ``CrossEntropyLoss`` (a bug, and a negligible cost).
 - The best weights are copied (``copy.deepcopy`` of the ``state_dict``), where the notebook kept
   references to the live tensors and so restored the last epoch's weights. The copy costs about
   a millisecond per improving epoch.
@@ -46,9 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-# The notebook-format CLI prints this, so the benchmark can tell how much of the baseline's
-# start-up went to importing Lightning, which the notebook itself never imported.
-NET_IMPORT_PREFIX = "notebook: importing lit_cnn.models took"
+from lit_cnn.nets import TRAINING_DEFAULTS, build_net
 
 
 class MnistDataset:
@@ -274,11 +272,9 @@ def kfold_cross_validation(
 
 
 def notebook_net(name: str) -> nn.Module:
-    """The plain ``nn.Sequential`` of lit_cnn's architecture ``name`` (logits out)."""
-    from lit_cnn.models import get_model
-
-    # Channels-first, as the notebook's networks were: channels_last is lit_cnn's option.
-    return get_model(name, channels_last=False).net
+    """The plain ``nn.Sequential`` of lit_cnn's architecture ``name``: logits out,
+    channels-first as the notebook's networks were (channels-last is lit_cnn's option)."""
+    return build_net(name)
 
 
 def load_notebook_pickle(
@@ -309,12 +305,6 @@ def load_notebook_pickle(
     return X_train, y_train, X_test, y_test
 
 
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def main(argv: list[str] | None = None) -> int:
     """The notebook's K-fold cell as a command.
 
@@ -328,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lit_cnn.notebook",
         description="K-fold cross-validation the homework notebook's way (benchmark baseline).",
     )
-    parser.add_argument("--model", default="ShallowCNN", help="lit_cnn architecture name")
+    parser.add_argument("--model", default="ShallowCNN", choices=sorted(TRAINING_DEFAULTS))
     parser.add_argument("--data", required=True, help="notebook-format pickle (trusted)")
     parser.add_argument("--k", type=int, default=3, help="number of folds")
     parser.add_argument("--epochs", type=int, default=50, help="epochs per fold")
@@ -350,16 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     import sklearn.model_selection  # noqa: F401
     import tqdm  # noqa: F401
 
-    # The notebook never imported Lightning; lit_cnn's layer definitions do. What that adds
-    # (time, and peak memory so far) is printed for the benchmark to account for.
-    start, rss_before = time.perf_counter(), _peak_rss_mib()
-    from lit_cnn.models import get_model
-
-    seconds, rss = time.perf_counter() - start, _peak_rss_mib() - rss_before
-    print(f"{NET_IMPORT_PREFIX} {seconds:.3f} s, {rss:.1f} MiB", flush=True)
-    hparams = get_model(args.model, channels_last=False).hparams
-    lr = hparams.lr if args.lr is None else args.lr
-    l2 = hparams.l2 if args.l2 is None else args.l2
+    defaults = TRAINING_DEFAULTS[args.model]
+    lr = defaults["lr"] if args.lr is None else args.lr
+    l2 = defaults["l2"] if args.l2 is None else args.l2
 
     X_train, y_train, X_test, y_test = load_notebook_pickle(args.data, args.device)
     kfold_cross_validation(
