@@ -170,12 +170,18 @@ class CNNModule(L.LightningModule):
         return self._forward(x)
 
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        # An evaluation batch may group several forward passes of `step` images (see
+        # IndexBatches); the metrics see the group at once.
         x, y = batch[0], batch[1]
-        out = self(x)
+        step = batch[2] if len(batch) > 2 else len(y)
+        out = self(x) if step >= len(y) else torch.cat([self(xb) for xb in x.split(step)])
         # With softmax_output the notebook's mistake is kept on purpose: cross_entropy applies
         # log-softmax again on top of probabilities, which flattens the gradients.
-        loss = F.cross_entropy(out, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), y.shape[0])
+        losses = F.cross_entropy(out, y, reduction="none")
+        # One value per image, not the batch mean with its size as weight: with
+        # nan_strategy="disable" torchmetrics drops the weights (torchmetrics issue #3434), and
+        # a short last batch would count as much as a full one.
+        getattr(self, f"{stage}_loss").update(losses.detach())
         getattr(self, f"{stage}_acc").update(out.detach(), y)
         return out.detach()
 
@@ -231,7 +237,7 @@ class CNNModule(L.LightningModule):
         """Whether a training loss of the current fit was NaN or infinite."""
         return self.diverged_epoch is not None
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
@@ -268,7 +274,7 @@ class CNNModule(L.LightningModule):
         self._test_probs = []
         self.test_probs = None
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         out = self._step(batch, "test")
         self.test_count.update(torch.tensor(float(len(batch[1])), device=self.device))
         if self.trainer.world_size == 1:  # under DDP a rank sees only its share

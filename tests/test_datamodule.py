@@ -6,6 +6,7 @@ import torch
 
 from lit_cnn.data import load_dataset, load_images
 from lit_cnn.datamodule import IndexBatches, KFoldDataModule
+from lit_cnn.models import get_model
 
 
 def _batches(n=1000, batch_size=128, shuffle=True, rank=0, world=1, seed=0, steps=1):
@@ -38,6 +39,41 @@ def test_grouped_steps_serve_the_same_minibatches():
     assert len(split) == len(single)
     for piece, (x, _, _, _) in zip(split, single, strict=True):
         assert torch.equal(piece, x)
+
+
+def test_evaluation_groups_serve_every_image_once_in_order():
+    # 1,000 images in forward passes of 128, grouped 3 to a batch: 3 + 3 + 2 passes.
+    loader = _batches(n=1000, batch_size=128, shuffle=False, steps=3)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3
+    assert [len(b[1]) for b in batches] == [384, 384, 232]
+    assert all(step == 128 for _, _, step in batches)
+    assert torch.equal(torch.cat(list(_index_batches(loader))), torch.arange(1000))
+
+
+def test_grouped_evaluation_gives_the_same_metrics(tiny_pkl):
+    # The model splits a group into its forward passes: loss and accuracy as ungrouped.
+    # Both are the means over the 200 validation images: batches of 32 leave a short last one
+    # (8 images), which must weigh 8/200, not as much as a full batch.
+    torch.manual_seed(0)
+    model = get_model("ResNNBatch").eval()
+    results = []
+    for steps in (1, 3):
+        dm = KFoldDataModule(path=str(tiny_pkl), k=3, eval_batch_size=32, steps_per_batch=steps)
+        with torch.no_grad():
+            for batch in dm.val_dataloader():
+                model._step(batch, "val")
+        results.append({k: float(v) for k, v in model._epoch_metrics("val").items()})
+    x, y = load_dataset(tiny_pkl)[:2]
+    idx = torch.as_tensor(dm.folds[0][1])
+    assert len(idx) == 200
+    with torch.no_grad():
+        out = model(x[idx])
+    expected_loss = float(torch.nn.functional.cross_entropy(out, y[idx]))
+    expected_acc = float((out.argmax(1) == y[idx]).float().mean())
+    for res in results:
+        assert res["val/loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert res["val/acc"] == pytest.approx(expected_acc)
 
 
 def test_grouping_is_off_under_ddp():
@@ -90,7 +126,7 @@ def test_batches_scale_like_load_dataset(tiny_pkl):
     x_float, _, _, _ = load_dataset(tiny_pkl)
     dm = KFoldDataModule(path=str(tiny_pkl), k=3, batch_size=50)
     assert dm.data.x_train.dtype == torch.uint8  # kept once, compact
-    x, y = next(iter(dm.val_dataloader()))
+    x, y, _ = next(iter(dm.val_dataloader()))
     _, val_idx = dm.folds[0]
     assert torch.equal(x, x_float[torch.as_tensor(val_idx[: len(x)])])
     assert torch.equal(y, dm.data.y_train[torch.as_tensor(val_idx[: len(x)])])
@@ -121,7 +157,7 @@ def test_folds_depend_on_the_seed_only(tiny_pkl):
 def test_fold_selects_the_served_indices(tiny_pkl):
     dm = KFoldDataModule(path=str(tiny_pkl), k=3, eval_batch_size=10_000)
     dm.fold = 2
-    _, y = next(iter(dm.val_dataloader()))
+    _, y, _ = next(iter(dm.val_dataloader()))
     assert torch.equal(y, dm.data.y_train[torch.as_tensor(dm.folds[2][1])])
     assert sum(len(b[1]) for b in dm.train_dataloader()) == len(dm.folds[2][0])
     assert sum(len(b[1]) for b in dm.test_dataloader()) == 200
