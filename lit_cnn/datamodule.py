@@ -23,12 +23,11 @@ from lit_cnn.malloc import release_free_memory
 class IndexBatches:
     """An iterable of batches sliced by index from device-resident tensors.
 
-    Training batches are ``(images, labels, step_size, loss_weight)``: ``steps_per_batch``
-    consecutive minibatches of ``batch_size`` in one tensor, which
-    :class:`lit_cnn.models.CNNModule` splits into optimizer steps of ``step_size`` images;
-    ``loss_weight`` is 1 except under DDP (see ``__iter__``). Evaluation batches are
-    ``(images, labels, step_size)``: up to ``steps_per_batch`` forward passes of
-    ``batch_size`` images each, for the same reason.
+    Evaluation batches are ``(images, labels)``. Training batches are
+    ``(images, labels, step_size, loss_weight)``: ``steps_per_batch`` consecutive minibatches
+    of ``batch_size`` in one tensor, which :class:`lit_cnn.models.CNNModule` splits into
+    optimizer steps of ``step_size`` images; ``loss_weight`` is 1 except under DDP (see
+    ``__iter__``).
 
     Lightning accepts any iterable with ``__len__`` as a dataloader, so this replaces a
     DataLoader. Under DDP every rank draws the same permutation (same generator seed) and
@@ -86,8 +85,8 @@ class IndexBatches:
         if self.shuffle:
             # Training: every rank must take the same number of steps (DDP all-reduces each).
             return -(-len(self.indices) // (self.batch_size * self.steps_per_batch))
-        # Evaluation: this rank's contiguous share, in groups of batches.
-        return -(-len(self._share(self.indices)) // (self.batch_size * self.steps_per_batch))
+        # Evaluation: this rank's contiguous share, in batches.
+        return -(-len(self._share(self.indices)) // self.batch_size)
 
     def _share(self, order: Tensor) -> Tensor:
         # Contiguous near-equal shares: every sample goes to exactly one rank, none padded.
@@ -116,10 +115,9 @@ class IndexBatches:
                 yield to_float(self.images[idx], self.scale), self.labels[idx], step, weight
         else:
             share = self._share(order)
-            chunk = self.batch_size * self.steps_per_batch
-            for start in range(0, len(share), chunk):
-                idx = share[start : start + chunk]
-                yield to_float(self.images[idx], self.scale), self.labels[idx], self.batch_size
+            for start in range(0, len(share), self.batch_size):
+                idx = share[start : start + self.batch_size]
+                yield to_float(self.images[idx], self.scale), self.labels[idx]
 
 
 class KFoldDataModule(L.LightningDataModule):
@@ -139,8 +137,7 @@ class KFoldDataModule(L.LightningDataModule):
             with 1,024, DeepCNN's activations raised a run's peak memory from 574 MB to
             752 MB on the CPU (measured with /usr/bin/time, 1 epoch, bundled sample).
         steps_per_batch: Optimizer steps per Lightning training batch (each of
-            ``batch_size`` images), and forward passes per evaluation batch (each of
-            ``eval_batch_size``): Lightning's per-batch hooks run once per group, and the
+            ``batch_size`` images): Lightning's per-batch hooks run once per group, and the
             progress bar and ``batch_idx`` count groups. Training is the same step by step.
             Ignored (1) under DDP.
     """

@@ -170,11 +170,8 @@ class CNNModule(L.LightningModule):
         return self._forward(x)
 
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
-        # An evaluation batch may group several forward passes of `step` images (see
-        # IndexBatches); the metrics see the group at once.
         x, y = batch[0], batch[1]
-        step = batch[2] if len(batch) > 2 else len(y)
-        out = self(x) if step >= len(y) else torch.cat([self(xb) for xb in x.split(step)])
+        out = self(x)
         # With softmax_output the notebook's mistake is kept on purpose: cross_entropy applies
         # log-softmax again on top of probabilities, which flattens the gradients.
         losses = F.cross_entropy(out, y, reduction="none")

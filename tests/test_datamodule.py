@@ -41,25 +41,14 @@ def test_grouped_steps_serve_the_same_minibatches():
         assert torch.equal(piece, x)
 
 
-def test_evaluation_groups_serve_every_image_once_in_order():
-    # 1,000 images in forward passes of 128, grouped 3 to a batch: 3 + 3 + 2 passes.
-    loader = _batches(n=1000, batch_size=128, shuffle=False, steps=3)
-    batches = list(loader)
-    assert len(loader) == len(batches) == 3
-    assert [len(b[1]) for b in batches] == [384, 384, 232]
-    assert all(step == 128 for _, _, step in batches)
-    assert torch.equal(torch.cat(list(_index_batches(loader))), torch.arange(1000))
-
-
-def test_grouped_evaluation_gives_the_same_metrics(tiny_pkl):
-    # The model splits a group into its forward passes: loss and accuracy as ungrouped.
-    # Both are the means over the 200 validation images: batches of 32 leave a short last one
-    # (8 images), which must weigh 8/200, not as much as a full batch.
+def test_evaluation_metrics_are_means_over_images(tiny_pkl):
+    # The 200 validation images in batches of 32 leave a short last one (8 images), which must
+    # weigh 8/200, not as much as a full batch.
     torch.manual_seed(0)
     model = get_model("ResNNBatch").eval()
     results = []
-    for steps in (1, 3):
-        dm = KFoldDataModule(path=str(tiny_pkl), k=3, eval_batch_size=32, steps_per_batch=steps)
+    for eval_batch_size in (32, 200):
+        dm = KFoldDataModule(path=str(tiny_pkl), k=3, eval_batch_size=eval_batch_size)
         with torch.no_grad():
             for batch in dm.val_dataloader():
                 model._step(batch, "val")
@@ -126,7 +115,7 @@ def test_batches_scale_like_load_dataset(tiny_pkl):
     x_float, _, _, _ = load_dataset(tiny_pkl)
     dm = KFoldDataModule(path=str(tiny_pkl), k=3, batch_size=50)
     assert dm.data.x_train.dtype == torch.uint8  # kept once, compact
-    x, y, _ = next(iter(dm.val_dataloader()))
+    x, y = next(iter(dm.val_dataloader()))
     _, val_idx = dm.folds[0]
     assert torch.equal(x, x_float[torch.as_tensor(val_idx[: len(x)])])
     assert torch.equal(y, dm.data.y_train[torch.as_tensor(val_idx[: len(x)])])
@@ -157,7 +146,7 @@ def test_folds_depend_on_the_seed_only(tiny_pkl):
 def test_fold_selects_the_served_indices(tiny_pkl):
     dm = KFoldDataModule(path=str(tiny_pkl), k=3, eval_batch_size=10_000)
     dm.fold = 2
-    _, y, _ = next(iter(dm.val_dataloader()))
+    _, y = next(iter(dm.val_dataloader()))
     assert torch.equal(y, dm.data.y_train[torch.as_tensor(dm.folds[2][1])])
     assert sum(len(b[1]) for b in dm.train_dataloader()) == len(dm.folds[2][0])
     assert sum(len(b[1]) for b in dm.test_dataloader()) == 200
