@@ -88,6 +88,13 @@ def test_n_train_beyond_the_data_is_an_error(capsys):
     assert "--n-train must be between 1 and 4000" in capsys.readouterr().err
 
 
+def test_options_and_whole_run_are_separate_benchmarks(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--whole-run", "--options", "--data", "sample"])
+    assert exc.value.code == 2
+    assert "--whole-run and --options are separate benchmarks" in capsys.readouterr().err
+
+
 def test_whole_run_needs_a_data_file(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--whole-run"])
