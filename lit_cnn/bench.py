@@ -65,7 +65,7 @@ from lit_cnn.datamodule import IndexBatches, KFoldDataModule
 from lit_cnn.kfold import FoldSetup, train_fold
 from lit_cnn.malloc import MALLOC_ENV
 from lit_cnn.malloc import tune_malloc as _tune_malloc
-from lit_cnn.models import FUSED_DEVICES, CNNModule, get_model, get_model_class, list_models
+from lit_cnn.models import CNNModule, get_model, list_models
 from lit_cnn.notebook import MnistDataset, Trainer
 from lit_cnn.timing import device_sync
 
@@ -477,9 +477,11 @@ def bench_options(
             }
             for label, v in seconds.items()
         }
+        # What lit_cnn itself picks on this device, asked of the model rather than restated.
+        model = get_model(name).to(device)
         results[name]["default"] = {
-            "channels_last": get_model_class(name).channels_last_default,
-            "fused": device.type in FUSED_DEVICES,
+            "channels_last": model.channels_last,
+            "fused": bool(model.configure_optimizers().defaults["fused"]),
         }
     return results
 
