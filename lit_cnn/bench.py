@@ -663,16 +663,20 @@ def measure_command(
     }
 
 
+_KFOLD_SCRIPT = """\
+from lit_cnn.startup import collector_paused
+with collector_paused():
+    from lit_cnn.cli import cli_main, exit_now
+exit_now(cli_main())
+"""
+
+
 def _kfold_command(
     model: str, data: Path, k: int, epochs: int, batch_size: int, device: str, root: Path
 ) -> list[str]:
     script = Path(__file__).resolve().parents[1] / "scripts" / "kfold.py"
-    # The script is one call to cli_main; without a source checkout, make the same call.
-    entry = (
-        [str(script)]
-        if script.exists()
-        else ["-c", "from lit_cnn.cli import cli_main, exit_now; exit_now(cli_main())"]
-    )
+    # Without a source checkout, run what the script runs.
+    entry = [str(script)] if script.exists() else ["-c", _KFOLD_SCRIPT]
     return [
         sys.executable, *entry,
         "--model", model,

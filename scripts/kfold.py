@@ -8,7 +8,10 @@
 Results land in lightning_logs/<model>/<run>/; the last line printed is that directory.
 """
 
-from lit_cnn.cli import cli_main, exit_now
+from lit_cnn.startup import collector_paused
+
+with collector_paused():  # 0.5-0.6 s less start-up (see lit_cnn/startup.py)
+    from lit_cnn.cli import cli_main, exit_now
 
 if __name__ == "__main__":
     exit_now(cli_main())

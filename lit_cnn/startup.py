@@ -1,0 +1,39 @@
+"""Process start-up: load torch and Lightning with the cyclic garbage collector paused.
+
+Importing lit_cnn's CLI brings in torch, Lightning and what Lightning imports (torch._dynamo,
+torchmetrics, scipy.signal, matplotlib): about 400,000 objects that live as long as the
+process. With the collector running, Python scans the growing heap again and again while
+they load, and none of it is garbage yet: on the CI machine
+``python -c "import lit_cnn.cli"`` took 3.2-3.3 s, 2.6-2.8 s with the collector off.
+Collections during a run cost milliseconds once the imported objects are frozen.
+
+    with collector_paused():
+        from lit_cnn.cli import cli_main, exit_now
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Turns the cyclic garbage collector off for the block, then freezes what it created.
+
+    On exit everything alive is moved out of the collector's generations (``gc.freeze``),
+    so later collections do not scan the imported modules, and the collector is switched
+    back on if it was on. The few cycles left unreachable by the imports (about 12,000
+    objects, a few MB) stay in memory: collecting them costs 0.3 s.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # Frozen before the collector is back: otherwise its first pass, a few hundred
+        # allocations later, would scan every object created in the block.
+        gc.freeze()
+        if enabled:
+            gc.enable()
