@@ -45,6 +45,10 @@ TRAINER_DEFAULTS = {
 }
 
 
+#: The model a run trains when no --model (or config) names one.
+DEFAULT_MODEL = "DeepCNN"
+
+
 class UsageError(ValueError):
     """A bad option value (a ValueError, so jsonargparse reports it as a parse error)."""
 
@@ -53,16 +57,27 @@ class KFoldCLI(LightningCLI):
     """LightningCLI whose classes are instantiated per fold by the fold loop, not once."""
 
     def __init__(self, args: list[str] | None = None) -> None:
+        argv = list(sys.argv[1:] if args is None else args)
+        # The default model is named first on the command line, not set as the parser's
+        # default: jsonargparse carries a default's init args over to a class named later
+        # (jsonargparse issue #460), so `--model ShallowCNN` trained with DeepCNN's lr and l2.
+        # A --model, or a config's model, that comes after this one replaces it cleanly.
+        argv = ["--model", DEFAULT_MODEL, *argv]
         super().__init__(
             model_class=CNNModule,
             datamodule_class=KFoldDataModule,
             subclass_mode_model=True,
             save_config_callback=None,
             trainer_defaults=TRAINER_DEFAULTS,
-            parser_kwargs={"exit_on_error": False, "prog": PROG},
+            parser_kwargs={
+                "exit_on_error": False,
+                "prog": PROG,
+                "description": "K-fold cross-validation of one architecture: "
+                f"{DEFAULT_MODEL} unless --model or a config names another.",
+            },
             auto_configure_optimizers=False,
             run=False,
-            args=args,
+            args=argv,
         )
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -100,7 +115,6 @@ class KFoldCLI(LightningCLI):
             default=None,
             help="Continue the run in this run directory with its saved configuration.",
         )
-        parser.set_defaults({"model": {"class_path": "lit_cnn.models.DeepCNN"}})
 
     def _set_seed(self) -> None:
         pass

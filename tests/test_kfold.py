@@ -1,6 +1,7 @@
 """The fold loop end to end on tiny data: run directory, reproducibility, best checkpoint, CLI."""
 
 import contextlib
+import inspect
 import io
 import json
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT, script
 
 import lit_cnn
@@ -320,3 +322,30 @@ def test_notebook_configs_parse(config, capsys):
     assert printed["model"]["init_args"]["lr"] == given["model"]["init_args"]["lr"]
     assert printed["trainer"]["max_epochs"] == given["trainer"]["max_epochs"]
     assert printed["early_break"] == given["early_break"]
+
+
+def printed_model(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        cli_main([*args, "--print_config"])
+    assert exc.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)["model"]
+
+
+@pytest.mark.parametrize("name", lit_cnn.list_models())
+def test_a_named_model_gets_its_own_defaults(name, capsys):
+    # jsonargparse #460: with DeepCNN as the parser default, `--model X` kept DeepCNN's lr/l2.
+    model = printed_model(capsys, "--model", name)
+    defaults = inspect.signature(lit_cnn.get_model_class(name)).parameters
+    assert model["class_path"] == f"lit_cnn.models.{name}"
+    assert model["init_args"]["lr"] == defaults["lr"].default
+    assert model["init_args"]["l2"] == defaults["l2"].default
+
+
+def test_default_model_and_options_given_without_it(capsys):
+    assert printed_model(capsys)["class_path"] == "lit_cnn.models.DeepCNN"
+    model = printed_model(capsys, "--model.lr", "0.5")
+    assert model["class_path"] == "lit_cnn.models.DeepCNN"
+    assert model["init_args"]["lr"] == 0.5
+    # An option given after the class keeps its value; the others are the class's.
+    model = printed_model(capsys, "--model", "ShallowCNN", "--model.l2", "0.5")
+    assert (model["init_args"]["lr"], model["init_args"]["l2"]) == (2e-3, 0.5)
