@@ -160,8 +160,11 @@ class CNNModule(L.LightningModule):
         self.automatic_optimization = False
 
     def build(self) -> nn.Sequential:
-        """Returns the network's layers; each architecture overrides this."""
-        raise NotImplementedError
+        """Returns the network's layers: those :mod:`lit_cnn.nets` has under the class name.
+
+        An architecture whose layers are not in :mod:`lit_cnn.nets` overrides this.
+        """
+        return nets.build_net(type(self).__name__)
 
     def forward(self, x: Tensor) -> Tensor:
         """Maps images (B, 1, 32, 32) to logits (B, 10), or probabilities with softmax_output."""
@@ -300,20 +303,24 @@ class CNNModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.l2, fused=fused)
 
 
-# Each architecture: its layers from lit_cnn.nets, the notebook's lr and l2 as the defaults
-# the CLI shows (those of nets.TRAINING_DEFAULTS: tested), and whether channels-last memory
-# order made it faster (bench.py --options).
+# Each architecture: its layers are nets.NETS[class name] (see CNNModule.build); the notebook's
+# lr and l2, kept in nets.TRAINING_DEFAULTS so the Lightning-free baseline shares them, are
+# the defaults the CLI shows; channels_last_default says whether channels-last memory order
+# made it faster (bench.py --options).
+_DEFAULTS = nets.TRAINING_DEFAULTS
 
 
 @register
 class ShallowCNN(CNNModule):
     """One 5x5 conv (3 channels) and a 120-unit hidden layer: 370,048 parameters."""
 
-    def __init__(self, lr: float = 2e-3, l2: float = 1e-2, **kwargs) -> None:
+    def __init__(
+        self,
+        lr: float = _DEFAULTS["ShallowCNN"]["lr"],
+        l2: float = _DEFAULTS["ShallowCNN"]["l2"],
+        **kwargs,
+    ) -> None:
         super().__init__(lr=lr, l2=l2, **kwargs)
-
-    def build(self) -> nn.Sequential:
-        return nets.shallow_cnn()
 
 
 @register
@@ -322,11 +329,13 @@ class DeepCNN(CNNModule):
 
     channels_last_default = True
 
-    def __init__(self, lr: float = 1e-3, l2: float = 1e-3, **kwargs) -> None:
+    def __init__(
+        self,
+        lr: float = _DEFAULTS["DeepCNN"]["lr"],
+        l2: float = _DEFAULTS["DeepCNN"]["l2"],
+        **kwargs,
+    ) -> None:
         super().__init__(lr=lr, l2=l2, **kwargs)
-
-    def build(self) -> nn.Sequential:
-        return nets.deep_cnn()
 
 
 @register
@@ -335,11 +344,13 @@ class ResNN(CNNModule):
 
     channels_last_default = True
 
-    def __init__(self, lr: float = 1e-3, l2: float = 1e-2, **kwargs) -> None:
+    def __init__(
+        self,
+        lr: float = _DEFAULTS["ResNN"]["lr"],
+        l2: float = _DEFAULTS["ResNN"]["l2"],
+        **kwargs,
+    ) -> None:
         super().__init__(lr=lr, l2=l2, **kwargs)
-
-    def build(self) -> nn.Sequential:
-        return nets.res_nn(batch_norm=False)
 
 
 @register
@@ -347,9 +358,6 @@ class ResNNBatch(ResNN):
     """ResNN with BatchNorm2d after each conv: 93,748 parameters."""
 
     channels_last_default = False
-
-    def build(self) -> nn.Sequential:
-        return nets.res_nn(batch_norm=True)
 
 
 @register
@@ -360,6 +368,3 @@ class ResNNBatch_NoSkip(ResNNBatch):  # noqa: N801 (the notebook's name)
 @register
 class ResNNBatch_Skip(ResNNBatch):  # noqa: N801 (the notebook's name)
     """ResNNBatch with a projection shortcut around the second conv block: 93,856 parameters."""
-
-    def build(self) -> nn.Sequential:
-        return nets.res_nn_skip()
