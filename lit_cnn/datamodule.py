@@ -23,10 +23,8 @@ from lit_cnn.malloc import release_free_memory
 class IndexBatches:
     """An iterable of batches sliced by index from device-resident tensors.
 
-    Evaluation batches are ``(images, labels)``. Training batches are
-    ``(images, labels, step_size, loss_weight)``: ``steps_per_batch`` consecutive minibatches
-    of ``batch_size`` in one tensor, which :class:`lit_cnn.models.CNNModule` splits into
-    optimizer steps of ``step_size`` images; ``loss_weight`` is 1 except under DDP (see
+    Evaluation batches are ``(images, labels)``, training batches
+    ``(images, labels, loss_weight)``; ``loss_weight`` is 1 except under DDP (see
     ``__iter__``).
 
     Lightning accepts any iterable with ``__len__`` as a dataloader, so this replaces a
@@ -46,8 +44,6 @@ class IndexBatches:
         world_size: Number of data-parallel ranks.
         epoch_fn: Returns the current epoch (the Trainer's, so a resumed fit draws the same
             permutations as an uninterrupted one); ``None`` counts the epochs served.
-        steps_per_batch: Minibatches per training batch; 1 under DDP, where every optimizer
-            step needs its own pass through the DDP wrapper.
     """
 
     def __init__(
@@ -62,10 +58,8 @@ class IndexBatches:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn: Callable[[], int] | None = None,
-        steps_per_batch: int = 1,
     ) -> None:
         self.images, self.labels, self.indices = images, labels, indices
-        self.steps_per_batch = steps_per_batch if world_size == 1 else 1
         self.epoch_fn = epoch_fn
         self.batch_size, self.scale, self.shuffle = batch_size, scale, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -84,7 +78,7 @@ class IndexBatches:
     def __len__(self) -> int:
         if self.shuffle:
             # Training: every rank must take the same number of steps (DDP all-reduces each).
-            return -(-len(self.indices) // (self.batch_size * self.steps_per_batch))
+            return -(-len(self.indices) // self.batch_size)
         # Evaluation: this rank's contiguous share, in batches.
         return -(-len(self._share(self.indices)) // self.batch_size)
 
@@ -96,14 +90,9 @@ class IndexBatches:
         order = self._order()
         self.epoch += 1
         if self.shuffle:
-            # Several optimizer steps per Lightning batch: Lightning's per-batch machinery
-            # (hooks, closures, loop bookkeeping) cost 0.5-0.9 ms on the CPU, 10-20% of a
-            # small network's step; one gather and one float conversion serve them all.
-            chunk = self.batch_size * self.steps_per_batch
-            for start in range(0, len(order), chunk):
-                idx = order[start : start + chunk]
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
                 weight = 1.0
-                step = self.batch_size
                 if self.world_size > 1:
                     n_global = len(idx)
                     idx = idx.tensor_split(self.world_size)[self.rank]
@@ -111,8 +100,7 @@ class IndexBatches:
                     # that does not divide) get this weight so the average is the gradient of
                     # the global batch's mean loss, as on one device.
                     weight = len(idx) * self.world_size / n_global
-                    step = len(idx)
-                yield to_float(self.images[idx], self.scale), self.labels[idx], step, weight
+                yield to_float(self.images[idx], self.scale), self.labels[idx], weight
         else:
             share = self._share(order)
             for start in range(0, len(share), self.batch_size):
@@ -133,13 +121,8 @@ class KFoldDataModule(L.LightningDataModule):
         batch_size: Training batch size (the global batch under DDP).
         seed: Seed of the fold split and of the batch order.
         stratified: Use ``StratifiedKFold`` (same class mix in every fold) instead of ``KFold``.
-        eval_batch_size: Batch size of validation and test passes. 256 rather than larger:
-            with 1,024, DeepCNN's activations raised a run's peak memory from 574 MB to
-            752 MB on the CPU (measured with /usr/bin/time, 1 epoch, bundled sample).
-        steps_per_batch: Optimizer steps per Lightning training batch (each of
-            ``batch_size`` images): Lightning's per-batch hooks run once per group, and the
-            progress bar and ``batch_idx`` count groups. Training is the same step by step.
-            Ignored (1) under DDP.
+        eval_batch_size: Batch size of validation and test passes; larger ones raise the
+            peak memory of a run by the activations they hold.
     """
 
     def __init__(
@@ -150,21 +133,18 @@ class KFoldDataModule(L.LightningDataModule):
         seed: int = 0,
         stratified: bool = False,
         eval_batch_size: int = 256,
-        steps_per_batch: int = 8,
     ) -> None:
         super().__init__()
         for name, value, low in (
             ("k", k, 2),
             ("batch_size", batch_size, 1),
             ("eval_batch_size", eval_batch_size, 1),
-            ("steps_per_batch", steps_per_batch, 1),
         ):
             if value < low:
                 raise ValueError(f"data.{name} must be at least {low}, got {value}")
         self.save_hyperparameters()
         self.path, self.k, self.batch_size, self.seed = path, k, batch_size, seed
         self.stratified, self.eval_batch_size = stratified, eval_batch_size
-        self.steps_per_batch = steps_per_batch
         self.fold = 0
         self._data: ImageData | None = None
         self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -195,7 +175,8 @@ class KFoldDataModule(L.LightningDataModule):
                 limit, what = int(np.bincount(y).min()), "the size of the smallest class"
             if self.k > limit:
                 raise ValueError(
-                    f"data.k must be at most {what} ({limit} in {self.source}), got {self.k}"
+                    f"--data.k: invalid value {self.k}; expected at most {what} "
+                    f"({limit} in {self.source})"
                 )
             splitter_cls = StratifiedKFold if self.stratified else KFold
             splitter = splitter_cls(self.k, shuffle=True, random_state=self.seed)
@@ -259,7 +240,6 @@ class KFoldDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: self.trainer.current_epoch) if self.trainer is not None else None,
-            steps_per_batch=self.steps_per_batch,
         )
 
     def train_dataloader(self) -> IndexBatches:

@@ -23,46 +23,24 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    ModelCheckpoint,
-    ProgressBar,
-    TQDMProgressBar,
-)
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_cnn import __version__
 from lit_cnn.data import to_float
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.distributed import FoldParallel
+from lit_cnn.fold_trainer import FoldSetup, build_trainer, tensorboard_loggers
 from lit_cnn.malloc import release_free_memory
 from lit_cnn.models import CNNModule
 from lit_cnn.report import atomic_write, mean_std, notebook_summary, write_json, write_report
-from lit_cnn.timing import EpochTimer
 
-
-@dataclass
-class FoldSetup:
-    """What one fold is trained with, built fresh for every fold.
-
-    Attributes:
-        model: A new, untrained model.
-        trainer_kwargs: ``Trainer`` arguments (the loop sets ``logger`` and adds callbacks).
-        callbacks: The user's own callbacks, new instances.
-    """
-
-    model: CNNModule
-    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    callbacks: list[Callback] = field(default_factory=list)
+__all__ = ["FoldSetup", "new_run_dir", "run_kfold", "train_fold", "train_folds", "summarize"]
 
 
 def new_run_dir(root: str | Path | None, model: str, run_name: str | None = None) -> Path:
@@ -119,6 +97,25 @@ def predict_proba(model: CNNModule, dm: KFoldDataModule, device: torch.device) -
     return probs.float().cpu()
 
 
+def _best(validations: list[dict[str, Any]]) -> dict[str, Any] | None:
+    # The first pass with the lowest val/loss: the one ModelCheckpoint kept as best.ckpt
+    # (it replaces its best only on a strictly lower value; a NaN loss never wins).
+    finite = [v for v in validations if np.isfinite(v.get("val/loss", np.nan))]
+    return min(finite, key=lambda v: v["val/loss"]) if finite else None
+
+
+def hparams_view(model: CNNModule, dm: KFoldDataModule, fold: int) -> dict[str, Any]:
+    """The hyper-parameters a fold shows in TensorBoard's hparams view, by option name."""
+    return {
+        "model": type(model).__name__,
+        **model.optimizer_summary(),
+        "batch_size": dm.batch_size,
+        "k": dm.k,
+        "seed": dm.seed,
+        "fold": fold,
+    }
+
+
 def train_fold(
     fold: int,
     setup: FoldSetup,
@@ -131,7 +128,7 @@ def train_fold(
 
     Args:
         fold: Which fold of ``dm`` to train.
-        setup: A fresh model, Trainer arguments and user callbacks for this fold.
+        setup: A fresh model, Trainer arguments, user callbacks and loggers for this fold.
         dm: The run's DataModule; its ``fold`` is set here.
         run_dir: The run directory; the fold writes into ``run_dir/fold_<fold>``.
         patience: Stop after this many epochs without a lower validation loss.
@@ -141,32 +138,10 @@ def train_fold(
         The fold's record, its best model's test-set probabilities (``None`` if the fold
         diverged), and its Trainer.
     """
-    fold_dir = run_dir / f"fold_{fold}"
-    checkpoint = ModelCheckpoint(
-        dirpath=fold_dir / "checkpoints",
-        filename="best",
-        monitor="val/loss",
-        mode="min",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    timer = EpochTimer()
-    callbacks = [*setup.callbacks, checkpoint, timer]
-    wants_bar = setup.trainer_kwargs.get("enable_progress_bar", True) is not False
-    if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-        # Redrawn every 20 steps: a redraw per step cost about 0.2 ms, 3-5% of a step here.
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
-    if patience:
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=patience))
-    logger = TensorBoardLogger(
-        save_dir=run_dir.parent,
-        name=run_dir.name,
-        version=f"fold_{fold}",
-        default_hp_metric=False,
-    )
-    trainer = L.Trainer(**{**setup.trainer_kwargs, "callbacks": callbacks, "logger": logger})
+    built = build_trainer(setup, run_dir, fold, patience)
+    trainer, checkpoint = built.trainer, built.checkpoint
     # Lightning warns when an epoch has fewer batches than log_every_n_steps; lit_cnn logs
-    # once per epoch, and a batch is a group of steps (see IndexBatches), so it never applies.
+    # once per epoch, so it never applies.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
     model = setup.model
     dm.fold = fold
@@ -179,6 +154,7 @@ def train_fold(
     record: dict[str, Any] = {
         "fold": fold,
         "best_epoch": None,
+        "best_step": None,
         "train_acc": None,
         "val_loss": None,
         "val_acc": None,
@@ -186,39 +162,51 @@ def train_fold(
         "test_acc": None,
         "test_samples": 0,
         "fit_seconds": fit_seconds,
-        "train_epoch_seconds": timer.seconds,
+        "train_epoch_seconds": built.timer.seconds,
         "diverged": model.diverged,
         "history": history,
+        "validations": model.validations,
     }
-    if model.diverged:
+    best = _best(model.validations)
+    if model.diverged or best is None:
+        record["diverged"] = True
         record["diverged_epoch"] = (
             model.diverged_epoch if model.diverged_epoch is not None else model.current_epoch
         )
         return record, None, trainer
 
-    best = min(range(len(history)), key=lambda i: history[i].get("val/loss", np.inf))
-    # Restores best.ckpt into `model` (the notebook tested the last epoch by mistake).
-    test = trainer.test(model, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[
-        0
-    ]
+    # fast_dev_run saves no checkpoint: the model is tested as it ends. Otherwise best.ckpt
+    # is restored into `model` (the notebook tested the last epoch by mistake).
+    best_path = checkpoint.best_model_path or None
+    test = trainer.test(model, datamodule=dm, ckpt_path=best_path, verbose=False)[0]
     # Only the rank that records the fold needs the probabilities (for the ensemble). On one
     # device the test pass kept them; under DDP it saw a share per rank: score again.
     probs = model.test_probs
     if probs is None and trainer.is_global_zero:
         probs = predict_proba(model, dm, trainer.strategy.root_device)
-    logger.log_hyperparams(
-        {**model.hparams, **dm.hparams, "fold": fold}, metrics={"test/acc": test["test/acc"]}
-    )
-    logger.finalize("success")
+    epoch_train = {h["epoch"]: h for h in history}.get(best["epoch"], {})
     record.update(
-        best_epoch=history[best]["epoch"],
-        train_acc=history[best]["train/acc"],
-        val_loss=history[best]["val/loss"],
-        val_acc=history[best]["val/acc"],
+        best_epoch=best["epoch"],
+        best_step=best["step"],
+        train_acc=epoch_train.get("train/acc"),
+        val_loss=best["val/loss"],
+        val_acc=best["val/acc"],
         test_loss=float(test["test/loss"]),
         test_acc=float(test["test/acc"]),
         test_samples=model.test_samples,
     )
+    # Under tags of their own: TensorBoard's hparams view reads a tag's latest value, and the
+    # fold's val/* and test/* series end with the last epoch, not the best one.
+    metrics = {
+        "best/val/loss": best["val/loss"],
+        "best/val/acc": best["val/acc"],
+        "best/test/acc": record["test_acc"],
+    }
+    for logger in tensorboard_loggers(trainer.loggers):  # none under fast_dev_run
+        logger.log_hyperparams(hparams_view(model, dm, fold), metrics=metrics)
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    record["loggers"] = [type(lg).__name__ for lg in built.loggers]
     return record, probs, trainer
 
 

@@ -1,19 +1,22 @@
 """The six architectures of the homework notebook as LightningModules, and their registry.
 
 Every architecture takes 1x32x32 images and returns 10 logits. What they share (loss,
-metrics, logging, the optimizer) lives in :class:`CNNModule`; a subclass only builds layers.
+metrics, logging, the optimizer) lives in :class:`CNNModule`; a subclass only names its
+layers (in :mod:`lit_cnn.nets`, under the class name).
 
     >>> from lit_cnn import get_model, list_models
     >>> list_models()
     ['DeepCNN', 'ResNN', 'ResNNBatch', 'ResNNBatch_NoSkip', 'ResNNBatch_Skip', 'ShallowCNN']
-    >>> model = get_model("DeepCNN", lr=1e-3)
+    >>> get_model("ShallowCNN").hparams.lr   # the architecture's own default
+    0.002
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -28,6 +31,8 @@ from lit_cnn.nets import NUM_CLASSES
 OPTIMIZERS = ("adam", "sgdm")
 # Devices with fused Adam and SGD kernels in every torch lit_cnn supports (CPU's since 2.4).
 FUSED_DEVICES = ("cpu", "cuda")
+#: What a model logs, once per epoch (train) or per validation/test pass.
+LOGGED_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
 
 _REGISTRY: dict[str, type[CNNModule]] = {}
 
@@ -57,61 +62,98 @@ def get_model_class(name: str) -> type[CNNModule]:
         ) from None
 
 
-def get_model(name: str, **hparams) -> CNNModule:
+def get_model(name: str, **hparams: Any) -> CNNModule:
     """Builds the architecture registered under ``name``.
 
     Args:
         name: One of :func:`list_models`.
-        **hparams: Passed to the architecture (``lr``, ``l2``, ``optimizer``, ``softmax_output``).
+        **hparams: Passed to the architecture (``lr``, ``l2``, ``optimizer``, ...).
     """
     return get_model_class(name)(**hparams)
+
+
+def _instantiate(spec: Mapping[str, Any], *args: Any, **extra: Any) -> Any:
+    """Builds ``{"class_path": ..., "init_args": {...}}`` (LightningCLI's form) with ``args``."""
+    module, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    return cls(*args, **{**dict(spec.get("init_args") or {}), **extra})
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: Callable[[], int]
+) -> dict[str, Any]:
+    """A Lightning ``lr_scheduler`` config for ``--lr_scheduler`` ``spec``.
+
+    A scheduler with a ``total_steps`` argument left unset (OneCycleLR) gets the Trainer's
+    number of optimizer steps and is stepped per optimizer step; others step per epoch.
+    ReduceLROnPlateau watches its ``monitor`` (LightningCLI's version has one), else val/loss.
+
+    Args:
+        optimizer: The optimizer to schedule.
+        spec: The scheduler's class path and init args.
+        total_steps: Returns the fit's number of optimizer steps.
+    """
+    init = dict(spec.get("init_args") or {})
+    module, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    params = inspect.signature(cls).parameters
+    interval = "epoch"
+    if "total_steps" in params and init.get("total_steps") is None and not init.get("epochs"):
+        init["total_steps"] = int(total_steps())
+        interval = "step"
+    scheduler = cls(optimizer, **init)
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config["monitor"] = getattr(scheduler, "monitor", "val/loss")
+    return config
 
 
 class CNNModule(L.LightningModule):
     """Base LightningModule: cross-entropy on logits, per-stage metrics, Adam or SGD+momentum.
 
-    Metrics accumulate on the device in torchmetrics objects (no host sync per step) and are
-    logged once per epoch as ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
-    ``test/loss`` and ``test/acc``. Under DDP they are summed over ranks at ``compute()``, so
-    every validation and test image counts once.
+    Optimization is Lightning's automatic one: ``training_step`` returns the loss, so every
+    Trainer option (clipping, accumulation, precision, ...) works as documented. Training
+    metrics are summed on the device and read once per epoch (no host sync per step);
+    validation and test metrics are torchmetrics objects, summed over ranks under DDP, so
+    every image counts once. Logged: :data:`LOGGED_METRICS`.
 
-    Optimization is manual: a training batch holds several minibatches (see
-    :class:`lit_cnn.datamodule.IndexBatches`) and ``training_step`` takes one optimizer step
-    for each, so Lightning's per-batch work is paid once per group of steps. Lightning
-    refuses ``gradient_clip_val`` and ``accumulate_grad_batches`` for manual optimization.
+    The optimizer is either the notebook's shorthand (``optimizer``, ``lr``, ``l2``) or, when
+    :attr:`optimizer_spec` is set (``--optimizer`` on the command line), any torch optimizer;
+    :attr:`lr_scheduler_spec` adds a scheduler (``--lr_scheduler``).
 
     Args:
-        lr: Learning rate.
-        l2: Weight decay (L2 penalty), applied by both optimizers.
-        optimizer: ``"adam"`` (Adam) or ``"sgdm"`` (SGD with momentum 0.9).
+        lr: Learning rate; ``None``: the architecture's own (the notebook's, see README).
+        l2: Weight decay (L2 penalty), applied by both optimizers; ``None``: the
+            architecture's own.
+        optimizer: ``"adam"`` (Adam) or ``"sgdm"`` (SGD with momentum 0.9); ``None``: adam.
         softmax_output: End the network in Softmax and take the cross-entropy of those
             probabilities, as the notebook did. Only for reproducing its ResNN collapse.
         compile: Wrap the network in ``torch.compile``.
-        channels_last: Keep the convolutions' weights and activations in channels-last
-            memory order (NHWC); the numbers differ from NCHW's only by floating-point
-            rounding. ``None`` (default): the architecture's :attr:`channels_last_default`,
-            picked by measurement (``scripts/bench.py --options``): on for DeepCNN and ResNN,
-            which it made faster on the CPU, off for the others, which it made slower.
-        fused: Use the optimizer's fused kernel (one kernel per parameter, where the default
-            runs a dozen small ops each); the update is the same formula, rounded
-            differently. ``None`` (default): on where torch has the kernel for the
-            parameters' device (CPU, CUDA) at the time the optimizer is made.
+        channels_last: Keep the convolutions in channels-last memory order (NHWC), which
+            changes only rounding. ``None``: the architecture's :attr:`channels_last_default`.
+        fused: Use the optimizer's fused kernel (same formula, rounded differently).
+            ``None``: on where torch has it for the parameters' device (CPU, CUDA).
     """
 
-    #: Channels-last memory order by default (see ``channels_last``); set per architecture.
+    #: Channels-last memory order by default (see ``channels_last``); set per architecture
+    #: by measurement (``scripts/bench.py --options``).
     channels_last_default: bool = False
 
     def __init__(
         self,
-        lr: float = 1e-3,
-        l2: float = 1e-3,
-        optimizer: Literal["adam", "sgdm"] = "adam",
+        lr: float | None = None,
+        l2: float | None = None,
+        optimizer: Literal["adam", "sgdm"] | None = None,
         softmax_output: bool = False,
         compile: bool = False,
         channels_last: bool | None = None,
         fused: bool | None = None,
     ) -> None:
         super().__init__()
+        defaults = nets.TRAINING_DEFAULTS.get(type(self).__name__, {"lr": 1e-3, "l2": 1e-3})
+        lr = defaults["lr"] if lr is None else lr
+        l2 = defaults["l2"] if l2 is None else l2
+        optimizer = optimizer or "adam"
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid optimizers: adam, sgdm")
         if not (math.isfinite(lr) and lr > 0):
@@ -119,6 +161,12 @@ class CNNModule(L.LightningModule):
         if not (math.isfinite(l2) and l2 >= 0):
             raise ValueError(f"model.l2 must be a finite number >= 0, got {l2}")
         self.save_hyperparameters()
+        # The effective values, so checkpoints and logs show what was trained.
+        self.hparams.update(lr=lr, l2=l2, optimizer=optimizer)
+        #: ``--optimizer`` / ``--lr_scheduler`` as ``{"class_path", "init_args"}``, set by the
+        #: command line per fold; ``None``: the shorthand above, no scheduler.
+        self.optimizer_spec: dict[str, Any] | None = None
+        self.lr_scheduler_spec: dict[str, Any] | None = None
         self.net = self.build()
         if softmax_output:
             self.net.append(nn.Softmax(dim=-1))
@@ -147,17 +195,15 @@ class CNNModule(L.LightningModule):
         self._test_probs: list[Tensor] = []
         # Epoch records of the current fit: {"epoch", "train/loss", "train/acc", "val/..."}.
         self.history: list[dict[str, float]] = []
-        self._val_result: dict[str, float] = {}
+        # One record per validation pass: {"epoch", "step", "val/loss", "val/acc"}.
+        self.validations: list[dict[str, float]] = []
         # Training metrics as running sums on the device (loss x n, correct, n): two in-place
-        # adds per step, where torchmetrics' update machinery cost about 0.4 ms a step.
+        # adds per step instead of torchmetrics' per-step update machinery.
         self.register_buffer("_train_sums", torch.zeros(3), persistent=False)
         # Divergence watch: the loss sum is non-finite exactly when some loss was (losses are
-        # >= 0). It is copied to the host without waiting (non_blocking) and read one step
-        # later: no sync per step.
+        # >= 0). It is copied to the host without waiting and read one step later: no sync.
         self._loss_sum_host = torch.zeros(())
         self.diverged_epoch: int | None = None
-        # training_step runs several optimizer steps per batch (see IndexBatches).
-        self.automatic_optimization = False
 
     def build(self) -> nn.Sequential:
         """Returns the network's layers: those :mod:`lit_cnn.nets` has under the class name.
@@ -178,10 +224,9 @@ class CNNModule(L.LightningModule):
         # With softmax_output the notebook's mistake is kept on purpose: cross_entropy applies
         # log-softmax again on top of probabilities, which flattens the gradients.
         losses = F.cross_entropy(out, y, reduction="none")
-        # One value per image, not the batch mean with its size as weight: with
-        # nan_strategy="disable" torchmetrics drops the weights (torchmetrics issue #3434), and
-        # a short last batch would count as much as a full one.
-        getattr(self, f"{stage}_loss").update(losses.detach())
+        # One value per image rather than the batch mean with a weight: with
+        # nan_strategy="disable" torchmetrics drops weights (torchmetrics issue #3434).
+        getattr(self, f"{stage}_loss").update(losses.detach().float())
         getattr(self, f"{stage}_acc").update(out.detach(), y)
         return out.detach()
 
@@ -192,27 +237,18 @@ class CNNModule(L.LightningModule):
         acc_metric.reset()
         return values
 
-    def training_step(self, batch: tuple[Tensor, Tensor, int, float], batch_idx: int) -> None:
-        # A batch is one or more minibatches of `step` images (see IndexBatches): each gets
-        # its own optimizer step, in the order of automatic optimization (forward,
-        # zero_grad, backward, step), so training is the same as one minibatch per batch.
-        x, y, step, weight = batch
-        opt = self.optimizers()
-        losses, preds = [], []
-        for xb, yb in zip(x.split(step), y.split(step), strict=True):
-            out = self(xb)
-            loss = F.cross_entropy(out, yb)  # on probabilities with softmax_output: see _step
-            opt.zero_grad()
-            # weight: a DDP share's weight in its global batch (1 on one device).
-            self.manual_backward(loss * weight if weight != 1 else loss)
-            opt.step()
-            losses.append(loss.detach() * len(yb))
-            preds.append(out.detach().argmax(dim=1))
+    def training_step(self, batch: tuple[Tensor, Tensor, float], batch_idx: int) -> Tensor:
+        x, y, weight = batch
+        out = self(x)
+        loss = F.cross_entropy(out, y)  # on probabilities with softmax_output: see _step
         sums = self._train_sums
-        sums[0] += torch.stack(losses).sum()
-        sums[1] += (torch.cat(preds) == y).sum()
+        sums[0] += loss.detach().float() * len(y)
+        sums[1] += (out.detach().argmax(dim=1) == y).sum()
         sums[2] += len(y)
         self._loss_sum_host.copy_(sums[0], non_blocking=True)
+        # weight: a DDP share's weight in its global batch (1 on one device), so that DDP's
+        # mean over ranks is the gradient of the global batch's mean loss.
+        return loss * weight if weight != 1 else loss
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda" and not self._loss_sum_host.is_pinned():
@@ -241,11 +277,15 @@ class CNNModule(L.LightningModule):
         self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
+        # Already summed over ranks by torchmetrics; sync_dist then averages equal values,
+        # which is what Lightning expects of epoch-level values under DDP.
         values = self._epoch_metrics("val")
-        # Metrics are already reduced over ranks by torchmetrics: no sync_dist needed.
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
-            self._val_result = {k: float(v) for k, v in values.items()}
+            record = {k: float(v) for k, v in values.items()}
+            self.validations.append(
+                {"epoch": self.current_epoch, "step": self.global_step, **record}
+            )
 
     def on_train_epoch_start(self) -> None:
         self._train_sums.zero_()
@@ -256,19 +296,23 @@ class CNNModule(L.LightningModule):
         loss_sum, correct, n = self.trainer.strategy.reduce(
             self._train_sums.clone(), reduce_op="sum"
         )
+        n = n.clamp(min=1)
         values = {"train/loss": loss_sum / n, "train/acc": correct / n}
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         record = {"epoch": self.current_epoch, **{k: float(v) for k, v in values.items()}}
-        record.update(self._val_result)
-        self._val_result = {}
+        latest = [v for v in self.validations if v["epoch"] == self.current_epoch]
+        if latest:  # the epoch's last validation pass, for the curves
+            record.update({k: latest[-1][k] for k in ("val/loss", "val/acc")})
         self.history.append(record)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The per-epoch records are what a resumed fold needs to report its best epoch.
+        # The records are what a resumed fold needs to report its best validation pass.
         checkpoint["lit_cnn_history"] = self.history
+        checkpoint["lit_cnn_validations"] = self.validations
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("lit_cnn_history", []))
+        self.validations = list(checkpoint.get("lit_cnn_validations", []))
 
     def on_test_epoch_start(self) -> None:
         self._test_probs = []
@@ -282,16 +326,18 @@ class CNNModule(L.LightningModule):
             self._test_probs.append(out if self.hparams.softmax_output else out.softmax(dim=-1))
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._epoch_metrics("test"))
+        self.log_dict(self._epoch_metrics("test"), sync_dist=True)
         self.test_samples = int(self.test_count.compute())
         self.test_count.reset()
         if self._test_probs:
             self.test_probs = torch.cat(self._test_probs).float().cpu()
         self._test_probs = []
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """This model's optimizer: ``optimizer_spec``'s if set, else the shorthand's."""
+        if self.optimizer_spec is not None:
+            return _instantiate(self.optimizer_spec, self.parameters())
         hp = self.hparams
-        # Lightning calls this once the model is on its device, so the check sees that device.
         fused = hp.fused
         if fused is None:
             fused = all(p.device.type in FUSED_DEVICES for p in self.parameters())
@@ -302,25 +348,37 @@ class CNNModule(L.LightningModule):
             )
         return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.l2, fused=fused)
 
+    def optimizer_summary(self) -> dict[str, Any]:
+        """``{"optimizer", "lr", "l2"}`` as trained: the class name and its lr and weight decay."""
+        opt = self.make_optimizer()
+        summary = {
+            "optimizer": type(opt).__name__,
+            "lr": float(opt.defaults.get("lr", float("nan"))),
+            "l2": float(opt.defaults.get("weight_decay", 0.0)),
+        }
+        if self.lr_scheduler_spec is not None:
+            summary["lr_scheduler"] = self.lr_scheduler_spec["class_path"].rpartition(".")[2]
+        return summary
 
-# Each architecture: its layers are nets.NETS[class name] (see CNNModule.build); the notebook's
-# lr and l2, kept in nets.TRAINING_DEFAULTS so the Lightning-free baseline shares them, are
-# the defaults the CLI shows; channels_last_default says whether channels-last memory order
-# made it faster (bench.py --options).
-_DEFAULTS = nets.TRAINING_DEFAULTS
+    def configure_optimizers(self) -> Any:
+        # Lightning calls this once the model is on its device, so `fused` sees that device.
+        optimizer = self.make_optimizer()
+        if self.lr_scheduler_spec is None:
+            return optimizer
+        scheduler = make_scheduler(
+            optimizer, self.lr_scheduler_spec, lambda: self.trainer.estimated_stepping_batches
+        )
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+# Each architecture: its layers are nets.NETS[class name] and its lr and l2 defaults
+# nets.TRAINING_DEFAULTS[class name] (shared with the Lightning-free baseline);
+# channels_last_default says whether channels-last memory order made it faster.
 
 
 @register
 class ShallowCNN(CNNModule):
     """One 5x5 conv (3 channels) and a 120-unit hidden layer: 370,048 parameters."""
-
-    def __init__(
-        self,
-        lr: float = _DEFAULTS["ShallowCNN"]["lr"],
-        l2: float = _DEFAULTS["ShallowCNN"]["l2"],
-        **kwargs,
-    ) -> None:
-        super().__init__(lr=lr, l2=l2, **kwargs)
 
 
 @register
@@ -329,28 +387,12 @@ class DeepCNN(CNNModule):
 
     channels_last_default = True
 
-    def __init__(
-        self,
-        lr: float = _DEFAULTS["DeepCNN"]["lr"],
-        l2: float = _DEFAULTS["DeepCNN"]["l2"],
-        **kwargs,
-    ) -> None:
-        super().__init__(lr=lr, l2=l2, **kwargs)
-
 
 @register
 class ResNN(CNNModule):
     """The notebook's small strided net without BatchNorm: 93,712 parameters."""
 
     channels_last_default = True
-
-    def __init__(
-        self,
-        lr: float = _DEFAULTS["ResNN"]["lr"],
-        l2: float = _DEFAULTS["ResNN"]["l2"],
-        **kwargs,
-    ) -> None:
-        super().__init__(lr=lr, l2=l2, **kwargs)
 
 
 @register

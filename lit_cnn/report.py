@@ -190,3 +190,5 @@ def write_report(
     with SummaryWriter(str(run_dir)) as writer:
         for name, rgba in pixels.items():
             writer.add_image(name, rgba[..., :3], dataformats="HWC")
+        # The folds' mean +/- std beside the figures, in TensorBoard's text tab.
+        writer.add_text("summary", summary_markdown(results))

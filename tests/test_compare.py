@@ -11,14 +11,8 @@ import pytest
 from conftest import ROOT, script
 from scipy import stats as st
 
-from lit_cnn.compare import (
-    analyse,
-    compare_main,
-    format_p,
-    resolve_hparams,
-    verdict,
-    write_comparison,
-)
+from lit_cnn.compare import analyse, format_p, verdict, write_comparison
+from lit_cnn.compare_cli import compare_main, resolve_hparams
 from lit_cnn.stats import TTestResult, corrected_resampled_ttest
 
 MODELS = ("ResNN", "ResNNBatch")
@@ -214,11 +208,14 @@ def test_early_break_is_refused_by_the_script(tmp_path, tiny_pkl):
         (["--scheme", "5x2cv", "--repeats", "5", "--data.k", "3"], "--scheme 5x2cv is 2-fold"),
         (["--scheme", "bogus"], "--scheme"),
         (["--repeats", "0"], "--repeats must be at least 1"),
-        (["--model.lr", "-1"], "--model.lr must be"),
+        (["--model.lr", "-1"], "--model.lr: invalid value -1.0; expected a finite number > 0"),
         (["--hparams", "{ResNN: {lr: 0}}"], "--hparams.ResNN.lr must be"),
-        (["--hparams", "{ResNN: {lrate: 1}}"], "--hparams: unknown key"),
+        (["--hparams", "{ResNN: {lrate: 1}}"], "--hparams.ResNN: unknown key 'lrate'"),
         (["--hparams", "{Foo: {lr: 1}}"], "--hparams: unknown model 'Foo'"),
-        (["--trainer.max_epochs", "0"], "--trainer.max_epochs must be at least 1"),
+        (
+            ["--trainer.max_epochs", "0"],
+            "--trainer.max_epochs: invalid value 0; expected an integer",
+        ),
         (["--data.path", "/no/such.pkl"], "/no/such.pkl"),
     ],
 )

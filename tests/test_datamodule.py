@@ -9,14 +9,13 @@ from lit_cnn.datamodule import IndexBatches, KFoldDataModule
 from lit_cnn.models import get_model
 
 
-def _batches(n=1000, batch_size=128, shuffle=True, rank=0, world=1, seed=0, steps=1):
+def _batches(n=1000, batch_size=128, shuffle=True, rank=0, world=1, seed=0):
     # float images: uint8 could not hold an index past 255
     images = torch.arange(n, dtype=torch.float32).repeat_interleave(1024).view(n, 1, 32, 32)
     labels = torch.arange(n) % 10
     return IndexBatches(
-        images, labels, torch.arange(n), batch_size, 1.0, shuffle, seed, rank, world,
-        steps_per_batch=steps,
-    )  # fmt: skip
+        images, labels, torch.arange(n), batch_size, 1.0, shuffle, seed, rank, world
+    )
 
 
 def test_an_epoch_visits_every_image_once():
@@ -25,20 +24,6 @@ def test_an_epoch_visits_every_image_once():
     assert sorted(seen.tolist()) == list(range(1000))
     sizes = [len(b) for b in _index_batches(loader)]
     assert sizes == [128] * 7 + [1000 - 7 * 128] and len(loader) == 8
-
-
-def test_grouped_steps_serve_the_same_minibatches():
-    # Three optimizer steps per Lightning batch: the same images in the same order, split by
-    # the model into the same minibatches as one step per batch.
-    single = [b for b in _batches(n=1000, batch_size=128, seed=5)]
-    grouped = _batches(n=1000, batch_size=128, seed=5, steps=3)
-    batches = list(grouped)
-    assert len(grouped) == len(batches) == 3  # 8 minibatches in groups of 3, 3, 2
-    assert all(step == 128 and weight == 1.0 for _, _, step, weight in batches)
-    split = [piece for x, _, step, _ in batches for piece in x.split(step)]
-    assert len(split) == len(single)
-    for piece, (x, _, _, _) in zip(split, single, strict=True):
-        assert torch.equal(piece, x)
 
 
 def test_evaluation_metrics_are_means_over_images(tiny_pkl):
@@ -65,11 +50,6 @@ def test_evaluation_metrics_are_means_over_images(tiny_pkl):
         assert res["val/acc"] == pytest.approx(expected_acc)
 
 
-def test_grouping_is_off_under_ddp():
-    loader = _batches(n=1000, rank=1, world=2, steps=4)
-    assert loader.steps_per_batch == 1 and len(loader) == 8
-
-
 def _index_batches(loader):
     # Recover indices from the images: image i holds the value i everywhere.
     for batch in loader:
@@ -90,7 +70,7 @@ def test_ranks_split_each_global_batch():
     # of the shares' mean losses the global batch's mean loss.
     last = [list(_batches(n=1003, rank=r, world=2))[-1] for r in range(2)]
     assert [len(b[1]) for b in last] == [54, 53]
-    assert [b[3] for b in last] == pytest.approx([54 * 2 / 107, 53 * 2 / 107])
+    assert [b[2] for b in last] == pytest.approx([54 * 2 / 107, 53 * 2 / 107])
     whole = list(_index_batches(_batches(n=1000)))
     assert len(shares[0]) == len(shares[1]) == len(whole)
     for b0, b1, full in zip(*shares, whole, strict=True):

@@ -160,12 +160,41 @@ def test_tensorboard_shows_scalars_hparams_and_images(base_run):
     scalars = set(fold.Tags()["scalars"])
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):
         assert tag in scalars, tag
-    assert len(fold.Scalars("val/acc")) == 2  # one per epoch
-    hparams = fold.PluginTagToContent("hparams")
-    assert "_hparams_/session_start_info" in hparams
-    assert b"test/acc" in hparams["_hparams_/experiment"]
+    assert len(fold.Scalars("val/acc")) == 2  # one per validation pass
     top = EventAccumulator(str(run_dir)).Reload()
     assert {"curves", "confusion_matrix"} <= set(top.Tags()["images"])
+    assert "summary/text_summary" in top.Tags()["tensors"]  # mean +/- std as text
+
+
+def test_tensorboard_hparams_view_shows_option_names_and_best_metrics(base_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    results, run_dir, _ = base_run
+    fold = EventAccumulator(str(run_dir / "fold_1")).Reload()
+    content = fold.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    shown = {k: v.ListFields()[0][1] for k, v in start.hparams.items()}
+    assert shown == {
+        "model": "ResNN",
+        "optimizer": "Adam",
+        "lr": pytest.approx(1e-3),
+        "l2": pytest.approx(1e-2),
+        "batch_size": 128,
+        "k": 3,
+        "seed": 0,
+        "fold": 1,
+    }
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    tags = [m.name.tag for m in experiment.metric_infos]
+    assert tags == ["best/val/loss", "best/val/acc", "best/test/acc"]
+    record = results["folds"][1]
+    assert fold.Scalars("best/val/loss")[-1].value == pytest.approx(record["val_loss"])
+    assert fold.Scalars("best/test/acc")[-1].value == pytest.approx(record["test_acc"])
 
 
 def test_same_seed_same_metrics(base_run, tmp_path, tiny_pkl, capsys):
@@ -287,7 +316,7 @@ def test_a_bad_option_is_one_line_and_status_2(tmp_path, capsys):
     "option,message",
     [
         (["--model.channels_last", "maybe"], "--model.channels_last: invalid value 'maybe'"),
-        (["--data.steps_per_batch", "0"], "--data.steps_per_batch must be at least 1"),
+        (["--data.k", "1"], "--data.k: invalid value 1; expected an integer >= 2"),
     ],
 )
 def test_the_script_s_stderr_is_one_line_for_a_bad_option(tmp_path, option, message):
@@ -348,4 +377,5 @@ def test_default_model_and_options_given_without_it(capsys):
     assert model["init_args"]["lr"] == 0.5
     # An option given after the class keeps its value; the others are the class's.
     model = printed_model(capsys, "--model", "ShallowCNN", "--model.l2", "0.5")
-    assert (model["init_args"]["lr"], model["init_args"]["l2"]) == (2e-3, 0.5)
+    # lr None: the architecture's own (ShallowCNN's 2e-3), whatever class came before.
+    assert (model["init_args"]["lr"], model["init_args"]["l2"]) == (None, 0.5)

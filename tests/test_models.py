@@ -154,10 +154,8 @@ def test_epoch_train_metrics_are_the_steps_mean_loss_and_accuracy(sample_batch):
     x, y = sample_batch
     images = (x * 255).round().to(torch.uint8)
 
-    def batches(steps=1):
-        return IndexBatches(
-            images, y, torch.arange(len(y)), 64, 255.0, shuffle=True, seed=3, steps_per_batch=steps
-        )
+    def batches():
+        return IndexBatches(images, y, torch.arange(len(y)), 64, 255.0, shuffle=True, seed=3)
 
     torch.manual_seed(0)
     model = lit_cnn.get_model("ResNN")
@@ -165,7 +163,7 @@ def test_epoch_train_metrics_are_the_steps_mean_loss_and_accuracy(sample_batch):
     replay = lit_cnn.get_model("ResNN")
     opt = replay.configure_optimizers()
     losses, correct = [], 0
-    for xb, yb, _, _ in batches():
+    for xb, yb, _ in batches():
         out = replay(xb)
         loss = F.cross_entropy(out, yb)
         losses.append(loss.item() * len(yb))
@@ -183,13 +181,12 @@ def test_epoch_train_metrics_are_the_steps_mean_loss_and_accuracy(sample_batch):
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
-    # Three optimizer steps per Lightning batch, against the replay's one.
-    trainer.fit(model, train_dataloaders=batches(steps=3))
+    trainer.fit(model, train_dataloaders=batches())
     record = model.history[0]
     assert record["train/loss"] == pytest.approx(sum(losses) / len(y), rel=1e-5)
     assert record["train/acc"] == pytest.approx(correct / len(y), abs=1e-7)
     assert not model.diverged
-    # The grouped steps are the replay's steps: the same weights at the end.
+    # Lightning's automatic optimization takes the replay's steps: the same weights at the end.
     for p_lit, p_replay in zip(model.parameters(), replay.parameters(), strict=True):
         torch.testing.assert_close(p_lit, p_replay)
 

@@ -1,0 +1,454 @@
+"""Options shared by every command: one-line errors made from the parser's own types, the
+checks run once after parsing, and the Trainer options the fold loop cannot work with.
+
+jsonargparse reports a bad value as a multi-line text. Instead of reading that text, a failed
+parse is replayed option by option (each prefix of the command line parsed again) until the
+first option that fails; the message is then written here from that option's type hint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from jsonargparse import ArgumentError, Namespace
+
+from lit_cnn.models import LOGGED_METRICS, list_models
+
+
+class UsageError(ValueError):
+    """A bad option or option value: the one-line message names the option."""
+
+
+# ----------------------------------------------------------------------------- types in words
+
+_EXAMPLES = {
+    "Callback": "EarlyStopping, LearningRateMonitor, ModelCheckpoint",
+    "Logger": "TensorBoardLogger, CSVLogger, WandbLogger, MLFlowLogger",
+    "Optimizer": "Adam, AdamW, SGD",
+    "LRScheduler": "StepLR, OneCycleLR, CosineAnnealingLR, ReduceLROnPlateau",
+}
+
+
+def describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like on the command line, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        literals = [
+            str(a)
+            for sub in args
+            if typing.get_origin(sub) is Literal
+            for a in typing.get_args(sub)
+        ]
+        parts = ["one of " + ", ".join(dict.fromkeys(literals))] if literals else []
+        singles = [sub for sub in args if typing.get_origin(sub) is None and sub is not type(None)]
+        parts += [describe(sub) for sub in singles]
+        for sub in args:
+            inner = typing.get_args(sub)
+            if typing.get_origin(sub) in (None, Literal):
+                continue
+            if inner and inner[0] in singles:
+                parts[parts.index(describe(inner[0]))] += ", or a list of them"
+            else:
+                parts.append(describe(sub))
+        return " or ".join(dict.fromkeys(parts)) + (" (or null)" if type(None) in args else "")
+    if origin in (list, tuple, Sequence, typing.get_origin(typing.Iterable[int])):
+        return "a list of " + (describe(args[0]) if args else "values")
+    if origin is dict:
+        return "a mapping"
+    if hint is type(None):
+        return "null"
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if inspect.isclass(hint):
+        if hint.__name__ == "CNNModule":
+            return "a model: " + ", ".join(list_models())
+        for base in hint.__mro__:
+            if base.__name__ in _EXAMPLES:
+                return f"a {base.__name__} class such as {_EXAMPLES[base.__name__]}"
+        return f"a {hint.__name__}"
+    return str(hint)
+
+
+# ----------------------------------------------------------------------------- diagnosis
+
+
+def option_groups(argv: Sequence[str]) -> list[list[str]]:
+    """``argv`` cut into options, each ``--name`` with the values that follow it."""
+    groups: list[list[str]] = []
+    for arg in argv:
+        if arg.startswith("--") or not groups:
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return groups
+
+
+def _split(group: list[str]) -> tuple[str, str]:
+    name, _, inline = group[0].partition("=")
+    value = inline if "=" in group[0] else " ".join(group[1:])
+    return name.lstrip("-").removesuffix("+"), value
+
+
+def check_config_file(path: str) -> dict[str, Any]:
+    """Reads a ``--config`` file's YAML, or says in one line what is wrong with it."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UsageError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"--config {path}: expected a mapping of options, found {type(data).__name__}"
+        )
+    return data
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[list[str]]:
+    # A config file as command-line options, in the file's order.
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and "class_path" in value:
+            yield [f"--{name}={value['class_path']}"]
+            yield from _flatten(dict(value.get("init_args") or {}), f"{name}.")
+        elif isinstance(value, dict) and key not in ("init_args", "dict_kwargs"):
+            yield from _flatten(value, f"{name}.")
+        else:
+            yield [f"--{name}={json.dumps(value)}"]
+
+
+def _parses(parser: Any, argv: list[str]) -> bool:
+    try:
+        parser.parse_args(argv)
+    except (ArgumentError, TypeError, ValueError, KeyError, SystemExit):
+        return False
+    return True
+
+
+#: Where a class-valued option's short names live (a full class path works too).
+CLASS_MODULES = {
+    "model": "lit_cnn.models",
+    "trainer.callbacks": "lightning.pytorch.callbacks",
+    "trainer.logger": "lightning.pytorch.loggers",
+    "optimizer": "torch.optim",
+    "lr_scheduler": "torch.optim.lr_scheduler",
+}
+
+#: What lit_cnn's own options take, where their type hint says less.
+EXPECTED = {
+    "model.lr": "a finite number > 0",
+    "model.l2": "a finite number >= 0",
+    "data.k": "an integer >= 2",
+    "data.batch_size": "an integer >= 1",
+    "data.eval_batch_size": "an integer >= 1",
+    "data.seed": "an integer from 0 to 2**32 - 1",
+    "patience": "an integer >= 1",
+}
+
+
+def resolve_class(head: str, value: str) -> type | None:
+    """The class that ``--head value`` names, or None."""
+    import importlib
+
+    module, _, name = value.rpartition(".")
+    candidates = [(module, name)] if module else []
+    if head in CLASS_MODULES:
+        candidates.append((CLASS_MODULES[head], value))
+    for mod, attr in candidates:
+        try:
+            cls = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        if inspect.isclass(cls):
+            return cls
+    return None
+
+
+def _params(cls: type) -> dict[str, inspect.Parameter]:
+    return {
+        k: p
+        for k, p in inspect.signature(cls).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "self"
+    }
+
+
+def _value_message(name: str, value: str, hint: Any, owner: str = "") -> str:
+    key = name.replace(".init_args", "")
+    expected = EXPECTED.get(key) or (describe(hint) if hint is not None else None)
+    where = f" for {owner}" if owner else ""
+    return f"--{key}: invalid value {value!r}{where}" + (
+        f"; expected {expected}" if expected else ""
+    )
+
+
+def _class_unit_message(parser: Any, done: list[str], unit: list[list[str]]) -> str:
+    # A class-valued option (`--trainer.callbacks EarlyStopping`) with its own arguments
+    # (`--trainer.callbacks.monitor val/loss`) that failed to parse together.
+    head, value = _split(unit[0])
+    cls = resolve_class(head, value)
+    if cls is None:
+        return _message(parser, done, unit[0])
+    params, given = _params(cls), {}
+    for group in unit[1:]:
+        name, _ = _split(group)
+        param = name[len(head) + 1 :].removeprefix("init_args.")
+        if param not in params:
+            return (
+                f"--{name}: {cls.__name__} has no argument {param!r}; it takes {', '.join(params)}"
+            )
+        given[param] = group
+    linked = {"save_dir"} if head == "trainer.logger" else set()
+    missing = [
+        k
+        for k, p in params.items()
+        if p.default is p.empty
+        and k not in given
+        and k not in linked
+        and k not in ("params", "optimizer")
+    ]
+    if missing:
+        return f"--{head} {value}: {cls.__name__} needs --{head}.{missing[0]}"
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations
+        hints = {}
+    for param, group in given.items():
+        others = [
+            g for p, g in given.items() if p != param and params[p].default is params[p].empty
+        ]
+        if not _parses(parser, [*done, *unit[0], *(x for g in others for x in g), *group]):
+            return _value_message(
+                _split(group)[0], _split(group)[1], hints.get(param), cls.__name__
+            )
+    return _message(parser, done, unit[0])
+
+
+def _message(parser: Any, before: list[str], group: list[str]) -> str:
+    name, value = _split(group)
+    action = parser._option_string_actions.get(f"--{name}")
+    if action is not None:
+        if name == "config":
+            return f"--config {value}: not a configuration of this command"
+        if name == "model":
+            return f"--model: unknown model {value!r}; valid models: {', '.join(list_models())}"
+        return _value_message(name, value, getattr(action, "_typehint", None) or action.type)
+    for head in CLASS_MODULES:
+        if name.startswith(head + "."):
+            try:
+                spec = parser.parse_args(before).get(head)
+            except (ArgumentError, TypeError, ValueError, KeyError, SystemExit):
+                spec = None
+            spec = spec[-1] if isinstance(spec, list) and spec else spec
+            if not isinstance(spec, Namespace) or not spec.get("class_path"):
+                return f"--{name}: give --{head} CLASS before its arguments"
+            return _class_unit_message(parser, before, [[f"--{head}={spec.class_path}"], group])
+    return f"--{name}: unknown option (see --help)"
+
+
+def diagnose(parser: Any, argv: Sequence[str]) -> str:
+    """The one-line message for ``argv``, which ``parser`` refused.
+
+    Args:
+        parser: The jsonargparse parser that refused ``argv``.
+        argv: The command line as parsed (after any arguments the command prepends).
+    """
+    return _diagnose(parser, option_groups(list(argv)), [])
+
+
+def _units(groups: list[list[str]]) -> list[list[list[str]]]:
+    # A class-valued option and the arguments of its class that follow it form one unit.
+    units: list[list[list[str]]] = []
+    for group in groups:
+        name = _split(group)[0]
+        head = units[-1][0] if units else None
+        if (
+            head is not None
+            and name.startswith(_split(head)[0] + ".")
+            and _split(head)[0] in CLASS_MODULES
+        ):
+            units[-1].append(group)
+        else:
+            units.append([group])
+    return units
+
+
+def _diagnose(parser: Any, groups: list[list[str]], done: list[str]) -> str:
+    for unit in _units(groups):
+        flat = [x for g in unit for x in g]
+        name, value = _split(unit[0])
+        if name == "config":
+            data = check_config_file(value)
+            if not _parses(parser, [*done, *flat]):
+                inner = _diagnose(parser, list(_flatten(data)), list(done))
+                return f"--config {value}: " + inner.lstrip("-")
+        elif not _parses(parser, [*done, *flat]):
+            if len(unit) > 1 or name in CLASS_MODULES:
+                return _class_unit_message(parser, done, unit)
+            return _message(parser, done, unit[0])
+        done += flat
+    return "invalid options (see --help)"
+
+
+# ----------------------------------------------------------------------------- after parsing
+
+
+def _bad(key: str, value: Any, expected: str) -> UsageError:
+    shown = json.dumps(value) if isinstance(value, bool | None) else repr(value)
+    return UsageError(f"--{key}: invalid value {shown}; expected {expected}")
+
+
+def check_run_name(option: str, name: str | None) -> None:
+    """Refuses a run name that is not one plain path component."""
+    if name is None:
+        return
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or len(name.encode()) > 255
+    ):
+        raise _bad(option, name, "one directory name: no '/', not '.' or '..', at most 255 bytes")
+
+
+def check_values(cfg: Namespace) -> None:
+    """The limits of lit_cnn's own options and of the epoch counts, with lit_cnn's messages.
+
+    Raises:
+        UsageError: The first option out of its limits.
+    """
+    limits = {"data.k": 2, "data.batch_size": 1, "data.eval_batch_size": 1}
+    for key, low in limits.items():
+        value = cfg.get(key)
+        if value is not None and value < low:
+            raise _bad(key, value, EXPECTED[key])
+    seed = cfg.get("data.seed")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise _bad("data.seed", seed, EXPECTED["data.seed"])
+    for key in ("model.init_args.lr", "model.lr", "model.init_args.l2", "model.l2"):
+        value = cfg.get(key)
+        positive = key.endswith("lr")
+        if value is not None and not (
+            math.isfinite(value) and (value > 0 or (value == 0 and not positive))
+        ):
+            name = key.replace(".init_args", "")
+            raise _bad(name, value, EXPECTED[name])
+    patience = cfg.get("patience")
+    if patience is not None and patience < 1:
+        raise _bad("patience", patience, EXPECTED["patience"])
+    trainer = cfg.trainer
+    if trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.max_epochs < 1:
+        raise _bad("trainer.max_epochs", trainer.max_epochs, "an integer >= 1 (or -1: no limit)")
+    if trainer.min_epochs is not None and trainer.max_epochs not in (None, -1):
+        if trainer.min_epochs > trainer.max_epochs:
+            limit = f"at most --trainer.max_epochs ({trainer.max_epochs})"
+            raise _bad("trainer.min_epochs", trainer.min_epochs, limit)
+
+
+def check_fold_loop(trainer: Namespace) -> None:
+    """Refuses the Trainer options the fold loop cannot work with, saying why.
+
+    The loop picks each fold's best checkpoint by validation loss and tests it.
+    """
+    if trainer.barebones:
+        raise UsageError(
+            "--trainer.barebones true: it turns off the checkpoints and logging that the fold "
+            "loop needs; use --trainer.fast_dev_run true for a quick check"
+        )
+    if trainer.enable_checkpointing is False:
+        raise UsageError(
+            "--trainer.enable_checkpointing false: the fold loop tests each fold's best "
+            "checkpoint (lowest val/loss), so checkpointing must stay on"
+        )
+    if trainer.limit_val_batches is not None and trainer.limit_val_batches == 0:
+        raise UsageError(
+            "--trainer.limit_val_batches 0: the fold loop picks each fold's best checkpoint "
+            "by validation loss, so some validation must run; give a value > 0"
+        )
+    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+    no_validation = every is not None and epochs not in (None, -1) and every > epochs
+    if no_validation and not trainer.fast_dev_run:
+        raise UsageError(
+            f"--trainer.check_val_every_n_epoch {every}: with --trainer.max_epochs {epochs} no "
+            "validation would run, and the fold loop picks its best checkpoint by validation loss"
+        )
+
+
+def check_monitors(callbacks: Sequence[Any], option: str = "--trainer.callbacks") -> None:
+    """Refuses callbacks that watch a metric lit_cnn never logs."""
+    logged = [m for m in LOGGED_METRICS if not m.startswith("test/")]
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if monitor is not None and monitor not in logged:
+            raise UsageError(
+                f"{option}: {type(callback).__name__} monitors {monitor!r}, which lit_cnn never "
+                f"logs; it logs {', '.join(logged)}"
+            )
+
+
+def spec_dict(spec: Any) -> dict[str, Any] | None:
+    """A parsed ``--optimizer``/``--lr_scheduler`` as plain ``{"class_path", "init_args"}``."""
+    if not spec:
+        return None
+    data = spec.as_dict() if isinstance(spec, Namespace) else dict(spec)
+    return {"class_path": data["class_path"], "init_args": dict(data.get("init_args") or {})}
+
+
+def check_optimizer_forms(cfg: Namespace, model_keys: Sequence[str]) -> None:
+    """Refuses ``--optimizer`` given together with the notebook's shorthand.
+
+    Args:
+        cfg: The parsed options.
+        model_keys: Where the shorthand lives (``model.init_args`` or ``model``).
+    """
+    if not cfg.get("optimizer"):
+        return
+    for base in model_keys:
+        for key in ("optimizer", "lr", "l2"):
+            if cfg.get(f"{base}.{key}") is not None:
+                shown = f"--{base.replace('.init_args', '')}.{key}"
+                raise UsageError(
+                    f"{shown} and --optimizer both set the optimizer; use one form "
+                    "(--optimizer CLASS --optimizer.lr X, or --model.optimizer/lr/l2)"
+                )
+
+
+def check_batch_limits(trainer: Namespace, batches: dict[str, int]) -> None:
+    """Refuses a fractional ``limit_*_batches`` that leaves a fold less than one batch.
+
+    Args:
+        trainer: The parsed ``--trainer`` options.
+        batches: The number of batches of a fold's ``train`` and ``val`` passes.
+    """
+    for stage, n in batches.items():
+        limit = trainer.get(f"limit_{stage}_batches")
+        if isinstance(limit, float) and 0 < limit < 1 and int(limit * n) < 1:
+            raise UsageError(
+                f"--trainer.limit_{stage}_batches {limit}: a fold has {n} {stage} batches, and "
+                f"{limit} of them is less than one; give at least {1 / n:.3g} or a whole number"
+            )
