@@ -148,6 +148,11 @@ def tensorboard_loggers(loggers: Sequence[Logger]) -> list[TensorBoardLogger]:
     return [lg for lg in loggers if isinstance(lg, TensorBoardLogger)]
 
 
+@dataclass
+class scheduler_probe:  # noqa: N801 (stands in for a scheduler in check_monitors' message)
+    monitor: str
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
@@ -168,6 +173,10 @@ def preflight(setup: FoldSetup, given: dict[str, Any], patience: int | None = No
         UsageError: The option and Lightning's reason, in one line.
     """
     check_monitors(setup.callbacks)
+    scheduler = setup.model.lr_scheduler_spec or {}
+    monitor = (scheduler.get("init_args") or {}).get("monitor")
+    if monitor is not None:
+        check_monitors([scheduler_probe(monitor)], "--lr_scheduler.monitor")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         try:

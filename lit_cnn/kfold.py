@@ -167,6 +167,10 @@ def train_fold(
         "history": history,
         "validations": model.validations,
     }
+    if not model.diverged and not model.validations:
+        # The fit ended before its first validation pass (max_steps, max_time): the final
+        # weights are validated, and tested below, as the fold's only candidate.
+        trainer.validate(model, datamodule=dm, verbose=False)
     best = _best(model.validations)
     if model.diverged or best is None:
         record["diverged"] = True
@@ -184,7 +188,11 @@ def train_fold(
     probs = model.test_probs
     if probs is None and trainer.is_global_zero:
         probs = predict_proba(model, dm, trainer.strategy.root_device)
-    epoch_train = {h["epoch"]: h for h in history}.get(best["epoch"], {})
+    # The training metrics of the epoch the best pass validated (the last epoch's when the
+    # pass came after the fit, as above).
+    epoch_train = {h["epoch"]: h for h in history}.get(best["epoch"]) or (
+        history[-1] if history else {}
+    )
     record.update(
         best_epoch=best["epoch"],
         best_step=best["step"],
@@ -326,10 +334,13 @@ def summarize(
         "test_acc_std": test_std,
         "ensemble_test_acc": float((ensemble == y_test).mean()) if ok else None,
         "diverged_folds": diverged,
+        "loggers": list(dict.fromkeys(lg for r in records for lg in r.get("loggers", []))),
         "versions": _versions(),
         "device": device,
     }
-    write_report(run_dir, results, y_test, ensemble)
+    write_report(
+        run_dir, results, y_test, ensemble, tensorboard="TensorBoardLogger" in results["loggers"]
+    )
     log("Final results:" if not early_break else "Results of the first fold:")
     if diverged:
         log(

@@ -170,10 +170,15 @@ def save_figure(fig, path: Path) -> None:
 
 
 def write_report(
-    run_dir: Path, results: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray
+    run_dir: Path,
+    results: dict[str, Any],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    tensorboard: bool = True,
 ) -> None:
-    """Writes results.json, summary.md, curves.png and confusion_matrix.png into ``run_dir``,
-    and logs the two figures to a TensorBoard run at ``run_dir`` itself."""
+    """Writes results.json, summary.md, curves.png and confusion_matrix.png into ``run_dir``;
+    with ``tensorboard``, also the two figures and the summary as a TensorBoard run at
+    ``run_dir`` itself."""
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "summary.md", summary_markdown(results))
     figures = {"curves": curves_figure(results["folds"])}
@@ -185,6 +190,8 @@ def write_report(
     pixels = {name: render(fig) for name, fig in figures.items()}
     for name, rgba in pixels.items():
         save_png(rgba, run_dir / f"{name}.png")
+    if not tensorboard:
+        return
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(run_dir)) as writer:
