@@ -79,6 +79,12 @@ def add_shared_arguments(parser: LightningArgumentParser) -> None:
         "trainer.logger.init_args.save_dir",
         compute_fn=lambda root: root or ".",
     )
+    parser.add_argument(
+        "--patience",
+        type=int | None,
+        default=None,
+        help="Stop a fold after this many epochs without a lower val/loss (default: off).",
+    )
 
 
 def given_trainer_options(parser: LightningArgumentParser, cfg: Namespace) -> dict[str, Any]:
@@ -125,12 +131,6 @@ class KFoldCLI(LightningCLI):
             type=bool,
             default=False,
             help="Train only the first fold (the notebook's single train/validation round).",
-        )
-        parser.add_argument(
-            "--patience",
-            type=int | None,
-            default=None,
-            help="Stop a fold after this many epochs without a lower val/loss (default: off).",
         )
         parser.add_argument(
             "--run_name",

@@ -209,12 +209,6 @@ def build_parser() -> LightningArgumentParser:
         help="kfold: repeated K-fold; 5x2cv: Dietterich's 5 repetitions of 2-fold.",
     )
     parser.add_argument(
-        "--patience",
-        type=int | None,
-        default=None,
-        help="Stop a fold after this many epochs without a lower val/loss (default: off).",
-    )
-    parser.add_argument(
         "--name",
         type=str | None,
         default=None,
