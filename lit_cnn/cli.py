@@ -54,6 +54,7 @@ from lit_cnn.plumbing import (
     split_resume,
 )
 from lit_cnn.report import write_text
+from lit_cnn.seal import check_resume, finished, seal
 
 PROG = "kfold.py"
 
@@ -258,6 +259,14 @@ def cli_main(args: list[str] | None = None) -> int:
         return fail(PROG, str(err).strip().splitlines()[0])
     model_name = type(cli.model).__name__
     resume = cli.resume_from
+    if resume:
+        try:
+            check_resume(Path(resume), dm.folds)
+        except UsageError as err:
+            return fail(PROG, str(err))
+        if finished(Path(resume)):
+            print(f"{resume}: the run is finished; nothing to do (its results: results.json)")
+            return 0
     dry = bool(cfg.trainer.fast_dev_run)
     parallel = cli.parallel = FoldParallel() if cfg.fold_parallel else None
     if (parallel is None or parallel.is_main) and not _get_rank():
@@ -267,6 +276,7 @@ def cli_main(args: list[str] | None = None) -> int:
         try:
             made = new_run_dir(cfg.trainer.default_root_dir, model_name, cfg.run_name)
             write_text(made / CONFIG, cli.parser.dump(cfg, skip_none=False))
+            seal(made)
             return made
         except FileExistsError as err:
             return f"--run_name {cfg.run_name}: run directory {err.filename} exists; choose another"

@@ -218,11 +218,12 @@ class _Refused(Exception):
 # Everything a pickle may name: what plain numeric numpy arrays and numpy scalars need under
 # pickle protocols 0-5, written by numpy 1.x or 2.x. None of these can run code or touch files.
 _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "ndarray"): lambda: _new_array,
     ("numpy", "dtype"): lambda: _NUMERIC_DTYPE,
-    # Protocols 0-4 rebuild an array from an empty one plus its raw bytes.
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
+    # Protocols 0-4 rebuild an array from an empty one plus its raw bytes (BUILD, which
+    # numpy refuses unless the bytes are exactly the declared shape times the item size).
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _empty_array,
     # numpy scalars (e.g. a label stored as np.int64 inside a list).
     ("numpy.core.multiarray", "scalar"): lambda: _numpy_attr("multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"): lambda: _numpy_attr("multiarray", "scalar"),
@@ -238,6 +239,39 @@ _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("builtins", "bytearray"): lambda: _buffer,
     ("__builtin__", "bytearray"): lambda: _buffer,
 }
+
+
+def _size(shape: Any) -> int:
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise _Refused(f"an array of shape {shape!r}")
+    return int(np.prod(dims, dtype=np.float64))
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    # Stands in for numpy's _reconstruct: numpy's own pickles make an empty (0,) array here
+    # and give it its data with BUILD. A non-empty shape would allocate memory the file
+    # does not hold.
+    if subtype is not _new_array or _size(shape) != 0:
+        raise _Refused("an array declared without its data")
+    return _numpy_attr("multiarray", "_reconstruct")(np.ndarray, shape, dtype)
+
+
+def _new_array(
+    shape: Any, dtype: Any = float, buffer: Any = None, offset: int = 0, *rest: Any
+) -> np.ndarray:
+    # Stands in for numpy.ndarray: an array only over bytes the file holds, exactly.
+    size = _size(shape)
+    if buffer is None:
+        if size:
+            raise _Refused(
+                f"an array of shape {tuple(np.atleast_1d(shape))} declared without its data"
+            )
+        return np.ndarray(shape, dtype)
+    itemsize = _NUMERIC_DTYPE(dtype).itemsize
+    if rest or offset or memoryview(buffer).nbytes != size * itemsize:
+        raise _Refused("an array whose data do not match its declared shape")
+    return np.ndarray(shape, dtype, buffer)
 
 
 def _buffer(*args: Any) -> bytes | bytearray:
@@ -291,11 +325,42 @@ def _read_pickle(path: Path, source: str) -> Any:
         raise _error(source, f"cannot read: {exc.strerror or exc}") from None
 
 
+class _Bounded:
+    """A file for the unpickler that refuses to read past its end before reading.
+
+    A bytes opcode declares its length first; one that declares more than the file holds is
+    refused here, without allocating the declared size.
+    """
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        file.seek(0, os.SEEK_END)
+        self.size = file.tell()
+        file.seek(0)
+
+    def _check(self, n: int) -> None:
+        left = self.size - self.file.tell()
+        if n > left:
+            raise _Refused(f"it declares {n:,} bytes of data where {left:,} remain in the file")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is not None and n >= 0:
+            self._check(n)
+        return self.file.read(n)
+
+    def readinto(self, buffer: Any) -> int:
+        self._check(memoryview(buffer).nbytes)
+        return self.file.readinto(buffer)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.file.readline(limit)
+
+
 def _unpickle(file: Any, first: bytes, source: str) -> Any:
     try:
         # latin1 lets numpy arrays pickled by Python 2 load; for Python 3 pickles it changes
         # nothing.
-        return _SafeUnpickler(file, encoding="latin1").load()
+        return _SafeUnpickler(_Bounded(file), encoding="latin1").load()
     except _Refused as exc:
         raise _error(source, f"refused: {exc}") from None
     except Exception as exc:

@@ -21,7 +21,9 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
+from lit_cnn.files import atomic_write
 from lit_cnn.models import CNNModule
 from lit_cnn.options import UsageError, check_monitors
 from lit_cnn.timing import EpochTimer
@@ -94,6 +96,25 @@ def fold_loggers(logger: Any, run_dir: Path, fold: int) -> list[Logger] | bool:
     return made
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written atomically (see :func:`atomic_write`).
+
+    Lightning writes a checkpoint in place, so a kill during the write leaves a truncated
+    file that ``torch.load`` refuses; with this plugin it leaves the previous checkpoint.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        import torch
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda f: torch.save(checkpoint, f))
+
+
 class FoldProgressBar(TQDMProgressBar):
     """Lightning's bar for training and validation; the test pass of a fold shows none."""
 
@@ -139,7 +160,13 @@ def build_trainer(
     if patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=patience))
     loggers = fold_loggers(setup.logger, run_dir, fold)
-    trainer = L.Trainer(**{**setup.trainer_kwargs, "callbacks": callbacks, "logger": loggers})
+    plugins = setup.trainer_kwargs.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):  # the user's own stays
+        plugins.append(AtomicCheckpointIO())
+    trainer = L.Trainer(
+        **{**setup.trainer_kwargs, "callbacks": callbacks, "logger": loggers, "plugins": plugins}
+    )
     return FoldTrainer(trainer, checkpoint, timer, loggers or [])
 
 

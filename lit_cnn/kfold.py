@@ -20,6 +20,8 @@ import gc
 import json
 import platform
 import re
+import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -237,6 +239,17 @@ def _load_fold(fold_dir: Path) -> tuple[dict[str, Any], torch.Tensor | None] | N
     return record, probs
 
 
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a checkpoint ``torch.load`` reads, or None when it is one."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, not a zip, unpickling error, ...
+        return (
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        )
+    return None
+
+
 def train_folds(
     build: Callable[[int], FoldSetup],
     dm: KFoldDataModule,
@@ -262,6 +275,16 @@ def train_folds(
             log(f"Fold {fold + 1}/{dm.k}: recorded earlier, not retrained")
             continue
         last = fold_dir / "checkpoints" / "last.ckpt"
+        damaged = _unreadable(last) if last.is_file() else None
+        if damaged is not None:
+            # Another tool wrote it, or the disk failed (lit_cnn's own writes are atomic).
+            print(
+                f"lit_cnn: warning: {last} cannot be read ({damaged}); fold {fold + 1} "
+                "restarts from its beginning",
+                file=sys.stderr,
+            )
+            if rank_zero_only.rank == 0:
+                shutil.rmtree(fold_dir, ignore_errors=True)
         # Seeding per fold makes a fold's result independent of which folds ran before it,
         # and of which process runs it.
         L.seed_everything(dm.seed + fold, verbose=False)

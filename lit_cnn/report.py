@@ -1,53 +1,19 @@
 """Files and figures of a K-fold run, made from its fold records (never from the loop itself).
 
-Every file is written atomically: a temporary file in the same directory, then a rename, so a
-kill at any moment leaves the old file or the new one, never half of one.
+Every file is written atomically (see :mod:`lit_cnn.files`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from lit_cnn.files import atomic_write, write_json, write_text
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Writes ``path`` through ``write(file)`` into a temporary sibling, then renames it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _finite(obj: Any) -> Any:
-    # JSON has no NaN or Infinity: a diverged loss is written as null.
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON (NaN and infinities as null), atomically."""
-    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` atomically."""
-    atomic_write(path, lambda f: f.write(text.encode()))
+__all__ = ["atomic_write", "write_json", "write_text", "write_report", "mean_std"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -176,10 +142,9 @@ def write_report(
     y_pred: np.ndarray,
     tensorboard: bool = True,
 ) -> None:
-    """Writes results.json, summary.md, curves.png and confusion_matrix.png into ``run_dir``;
-    with ``tensorboard``, also the two figures and the summary as a TensorBoard run at
-    ``run_dir`` itself."""
-    write_json(run_dir / "results.json", results)
+    """Writes summary.md, curves.png, confusion_matrix.png and, last, results.json into
+    ``run_dir``; with ``tensorboard``, also the two figures and the summary as a TensorBoard
+    run at ``run_dir`` itself."""
     write_text(run_dir / "summary.md", summary_markdown(results))
     figures = {"curves": curves_figure(results["folds"])}
     if results["ensemble_test_acc"] is not None:  # None: every fold diverged
@@ -190,8 +155,15 @@ def write_report(
     pixels = {name: render(fig) for name, fig in figures.items()}
     for name, rgba in pixels.items():
         save_png(rgba, run_dir / f"{name}.png")
-    if not tensorboard:
-        return
+    if tensorboard:
+        _tensorboard_entry(run_dir, results, pixels)
+    # Last: a run directory with results.json is a finished run (see lit_cnn.seal).
+    write_json(run_dir / "results.json", results)
+
+
+def _tensorboard_entry(
+    run_dir: Path, results: dict[str, Any], pixels: dict[str, np.ndarray]
+) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(run_dir)) as writer:

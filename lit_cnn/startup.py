@@ -37,3 +37,23 @@ def collector_paused() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def exit_on_signals(prog: str) -> None:
+    """Until a run installs its own handlers, SIGINT and SIGTERM end the process with one
+    line and status 130 or 143, instead of a traceback from inside an import.
+
+    Args:
+        prog: The command's name, for the message.
+    """
+    import signal
+    import sys
+
+    def stop(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"{prog}: interrupted by {name} before the run began; nothing was written",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)

@@ -11,8 +11,11 @@ directory.
 
 import sys
 
-from lit_cnn.malloc import tune_malloc
-from lit_cnn.startup import collector_paused
+from lit_cnn.startup import collector_paused, exit_on_signals
+
+exit_on_signals("compare.py")  # from the first line: Ctrl-C while torch loads is one line, too
+
+from lit_cnn.malloc import tune_malloc  # noqa: E402
 
 with collector_paused():  # a faster start-up (see lit_cnn/startup.py)
     from lit_cnn.compare_cli import compare_main

@@ -10,8 +10,11 @@ Results land in lightning_logs/<model>/<run>/; the last line printed is that dir
 
 import sys
 
-from lit_cnn.malloc import tune_malloc
-from lit_cnn.startup import collector_paused
+from lit_cnn.startup import collector_paused, exit_on_signals
+
+exit_on_signals("kfold.py")  # from the first line: Ctrl-C while torch loads is one line, too
+
+from lit_cnn.malloc import tune_malloc  # noqa: E402
 
 with collector_paused():  # a faster start-up (see lit_cnn/startup.py)
     from lit_cnn.cli import cli_main

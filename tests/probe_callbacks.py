@@ -1,11 +1,16 @@
 """Callbacks that record what a fit did, for the tests of Lightning's Trainer options."""
 
 import atexit
+import io
 import json
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+
+from lit_cnn.files import atomic_write
+from lit_cnn.fold_trainer import AtomicCheckpointIO
 
 
 class Probe(L.Callback):
@@ -71,3 +76,25 @@ class FailInFold(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if f"fold_{self.fold}" in str(trainer.checkpoint_callback.dirpath):
             raise RuntimeError(f"injected failure in fold {self.fold}")
+
+
+class SlowCheckpointIO(AtomicCheckpointIO):
+    """lit_cnn's atomic checkpoint writes, slowed down so a test can kill one midway."""
+
+    def __init__(self, seconds: float = 0.4) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+
+        def write(f):
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                time.sleep(self.seconds / len(chunks))
+
+        atomic_write(Path(path), write)
