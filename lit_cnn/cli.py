@@ -28,22 +28,21 @@ from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_cnn import quiet
+from lit_cnn.checks import (
+    check_batch_limits,
+    check_fold_loop,
+    check_optimizer_forms,
+    check_run_name,
+    check_values,
+    spec_dict,
+)
 from lit_cnn.data import DataError
 from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.distributed import FoldParallel, FoldParallelError, local_metrics
 from lit_cnn.fold_trainer import FoldSetup, preflight
 from lit_cnn.kfold import new_run_dir, run_kfold
 from lit_cnn.models import CNNModule
-from lit_cnn.options import (
-    UsageError,
-    check_batch_limits,
-    check_fold_loop,
-    check_optimizer_forms,
-    check_run_name,
-    check_values,
-    diagnose,
-    spec_dict,
-)
+from lit_cnn.options import UsageError, diagnose
 from lit_cnn.plumbing import (
     CONFIG,
     RUN_DIR_ENV,

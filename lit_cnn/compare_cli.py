@@ -16,6 +16,14 @@ from jsonargparse import ActionConfigFile, ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_cnn import quiet
+from lit_cnn.checks import (
+    check_batch_limits,
+    check_fold_loop,
+    check_optimizer_forms,
+    check_run_name,
+    check_values,
+    spec_dict,
+)
 from lit_cnn.cli import TRAINER_DEFAULTS, add_shared_arguments, given_trainer_options
 from lit_cnn.compare import run_comparison, summary_lines
 from lit_cnn.data import DataError
@@ -23,16 +31,7 @@ from lit_cnn.datamodule import KFoldDataModule
 from lit_cnn.fold_trainer import FoldSetup, preflight
 from lit_cnn.kfold import new_run_dir
 from lit_cnn.models import get_model, list_models
-from lit_cnn.options import (
-    UsageError,
-    check_batch_limits,
-    check_fold_loop,
-    check_optimizer_forms,
-    check_run_name,
-    check_values,
-    diagnose,
-    spec_dict,
-)
+from lit_cnn.options import UsageError, diagnose
 from lit_cnn.plumbing import fail, run_interruptibly, split_resume
 from lit_cnn.report import write_text
 

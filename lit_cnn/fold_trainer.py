@@ -23,9 +23,10 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
+from lit_cnn.checks import check_monitors
 from lit_cnn.files import atomic_write
 from lit_cnn.models import CNNModule
-from lit_cnn.options import UsageError, check_monitors
+from lit_cnn.options import UsageError
 from lit_cnn.timing import EpochTimer
 
 
