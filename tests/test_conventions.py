@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from architectures import EXPECTED
 from conftest import ROOT, script
 
 import lit_cnn
-from lit_cnn import nets
 from lit_cnn.cli import KFoldCLI, cli_main
 
 TESTS = Path(__file__).resolve().parent
@@ -282,9 +282,7 @@ def test_a_swapped_in_architecture_keeps_its_own_defaults(config, name):
     cli = KFoldCLI(args=["--config", str(config), "--model", name])
     hp = cli.model.hparams
     assert type(cli.model).__name__ == name
-    assert (hp.lr, hp.l2, hp.optimizer) == (
-        nets.TRAINING_DEFAULTS[name]["lr"], nets.TRAINING_DEFAULTS[name]["l2"], "adam"
-    )  # fmt: skip
+    assert (hp.lr, hp.l2, hp.optimizer) == (EXPECTED[name]["lr"], EXPECTED[name]["l2"], "adam")
     given = KFoldCLI(args=["--config", str(config), "--model", name, "--model.lr", "0.123"])
     assert given.model.hparams.lr == 0.123
 

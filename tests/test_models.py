@@ -3,23 +3,21 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from architectures import EXPECTED
 
 import lit_cnn
 from lit_cnn.models import CNNModule, get_model_class
 
-PARAMS = {
-    "ShallowCNN": 370_048,
-    "DeepCNN": 251_890,
-    "ResNN": 93_712,
-    "ResNNBatch": 93_748,
-    "ResNNBatch_NoSkip": 93_748,
-    "ResNNBatch_Skip": 93_856,
-}
 NAMES = lit_cnn.list_models()
 
 
-def test_registry_lists_the_six():
-    assert NAMES == sorted(PARAMS)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_architecture_has_its_expectations(name):
+    assert name in EXPECTED, f"{name} is registered but has no row in tests/architectures.py"
+
+
+def test_every_expected_architecture_is_registered():
+    assert sorted(EXPECTED) == NAMES
 
 
 def test_unknown_name_lists_valid_ones():
@@ -36,7 +34,7 @@ def test_output_shape_is_batch_by_10(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_parameter_count(name):
     model = lit_cnn.get_model(name)
-    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED[name]["params"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -79,13 +77,13 @@ def test_example_input_array_for_model_summary(name):
     assert tuple(model.example_input_array.shape[1:]) == (1, 32, 32)
 
 
-def test_notebook_defaults_per_architecture():
-    assert lit_cnn.get_model("ShallowCNN").hparams.lr == 2e-3
-    assert lit_cnn.get_model("ShallowCNN").hparams.l2 == 1e-2
-    assert lit_cnn.get_model("DeepCNN").hparams.l2 == 1e-3
-    for name in ("ResNN", "ResNNBatch", "ResNNBatch_NoSkip", "ResNNBatch_Skip"):
-        hp = lit_cnn.get_model(name).hparams
-        assert (hp.lr, hp.l2, hp.optimizer) == (1e-3, 1e-2, "adam")
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_defaults_per_architecture(name):
+    model, want = lit_cnn.get_model(name), EXPECTED[name]
+    assert (model.hparams.lr, model.hparams.l2, model.hparams.optimizer) == (
+        want["lr"], want["l2"], "adam"
+    )  # fmt: skip
+    assert model.channels_last == want["channels_last"]
 
 
 @pytest.mark.parametrize("optimizer,cls", [("adam", torch.optim.Adam), ("sgdm", torch.optim.SGD)])
