@@ -41,6 +41,7 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     assert "torch threads" in printed and "lightning" in printed
     row = next(line for line in printed.splitlines() if line.startswith("ResNN"))
     assert len(row.split()) >= 8  # model, three throughputs, ratios
+    assert row.split()[-2:][0] == f"<={bench.target_a_b('ResNN'):.2f}"  # ResNN's own target
 
     report = json.loads(out.read_text())
     assert report["n_train"] == 512
@@ -126,15 +127,16 @@ def test_lit_epoch_does_exactly_the_plain_loop_s_work(small_data):
 def test_train_batches_match_the_datamodule_s(small_data):
     dm = bench.split_datamodule(small_data, batch_size=100, seed=3)
     mine, theirs = bench.train_batches(dm, CPU), dm.train_dataloader()
-    # The plain loop's minibatches are the DataModule's groups of minibatches, split.
-    split = [
-        (x_part, y_part)
-        for x, y, step, _ in theirs
-        for x_part, y_part in zip(x.split(step), y.split(step), strict=True)
-    ]
-    for (x1, y1, _, _), (x2, y2) in zip(mine, split, strict=True):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert len(mine) == 6  # 512 images in batches of 100
+    # The plain loop's batches are the DataModule's: same images, order and loss weight, and
+    # each epoch the same next permutation.
+    epochs = []
+    for _ in range(2):
+        pairs = list(zip(mine, theirs, strict=True))
+        for (x1, y1, w1), (x2, y2, w2) in pairs:
+            assert torch.equal(x1, x2) and torch.equal(y1, y2) and w1 == w2 == 1
+        assert [len(y) for (_, y, _), _ in pairs] == [100] * 5 + [12]  # 512 in batches of 100
+        epochs.append(torch.cat([y for (_, y, _), _ in pairs]))
+    assert not torch.equal(epochs[0], epochs[1])
 
 
 def _notebook_tensors(n):

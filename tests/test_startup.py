@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,13 +81,47 @@ def test_scripts_import_without_collections(script):
     assert probe["frozen"] > 100_000  # torch's and Lightning's objects
 
 
+# Runs bench.py's no-checkout command with lit_cnn.malloc.tune_malloc wrapped, and prints at
+# interpreter exit whether it was called (and what it returned) and whether the collector
+# was back on: the script's set-up, then a normal exit.
+_NO_CHECKOUT = """
+import atexit, gc, sys
+import lit_cnn.malloc as malloc
+real, calls = malloc.tune_malloc, []
+malloc.tune_malloc = lambda: calls.append(real()) or calls[-1]
+atexit.register(lambda: print("probe", calls, gc.isenabled(), flush=True))
+sys.argv = ["kfold", *sys.argv[1:]]
+exec(compile(SCRIPT, "<kfold>", "exec"), {"__name__": "__main__"})
+"""
+
+
 def test_bench_runs_kfold_the_script_way_without_a_checkout():
-    # What bench.py runs when scripts/kfold.py is not there: the same imports, then the CLI.
+    # What bench.py runs when scripts/kfold.py is not there: the same imports, the same
+    # malloc settings, then the CLI, ending in a normal exit.
+    probe = _NO_CHECKOUT.replace("SCRIPT", repr(_KFOLD_SCRIPT))
     out = subprocess.run(
-        [sys.executable, "-c", _KFOLD_SCRIPT, "--help"],
+        [sys.executable, "-c", probe, "--help"],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
     )
     assert "--data.k" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "probe [True] True"
+
+
+def test_bench_s_no_checkout_command_trains_and_exits_cleanly(tiny_pkl, tmp_path):
+    # A whole (tiny) run through that command: status 0 and the run directory printed last,
+    # as scripts/kfold.py ends.
+    args = ["--model", "ResNN", "--data.path", str(tiny_pkl), "--data.k", "2"]
+    more = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
+    out = subprocess.run(
+        [sys.executable, "-c", _KFOLD_SCRIPT, *args, *more, "--trainer.default_root_dir", "."],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = Path(tmp_path, out.stdout.strip().splitlines()[-1])
+    assert (run_dir / "results.json").is_file()
