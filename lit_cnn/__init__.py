@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_dataset": "lit_cnn.data",
-    "DataError": "lit_cnn.data",
-    "list_models": "lit_cnn.models",
-    "get_model": "lit_cnn.models",
-    "get_model_class": "lit_cnn.models",
-    "CNNModule": "lit_cnn.models",
-    "layer_table": "lit_cnn.shapes",
+    "load_dataset": "lit_cnn.data.loading",
+    "DataError": "lit_cnn.data.loading",
+    "list_models": "lit_cnn.models.modules",
+    "get_model": "lit_cnn.models.modules",
+    "get_model_class": "lit_cnn.models.modules",
+    "CNNModule": "lit_cnn.models.modules",
+    "layer_table": "lit_cnn.models.shapes",
 }
 
 __all__ = [
@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lit_cnn.data import DataError, load_dataset
-    from lit_cnn.models import CNNModule, get_model, get_model_class, list_models
-    from lit_cnn.shapes import layer_table
+    from lit_cnn.data.loading import DataError, load_dataset
+    from lit_cnn.models.modules import CNNModule, get_model, get_model_class, list_models
+    from lit_cnn.models.shapes import layer_table
 
 
 def __getattr__(name: str) -> Any:

@@ -11,14 +11,14 @@ directory.
 
 import sys
 
-from lit_cnn.startup import collector_paused, exit_on_signals
+from lit_cnn.cli.startup import collector_paused, exit_on_signals
 
 exit_on_signals("compare.py")  # from the first line: Ctrl-C while torch loads is one line, too
 
-from lit_cnn.malloc import tune_malloc  # noqa: E402
+from lit_cnn.cv.malloc import tune_malloc  # noqa: E402
 
 with collector_paused():  # a faster start-up (see lit_cnn/startup.py)
-    from lit_cnn.compare_cli import compare_main
+    from lit_cnn.cli.compare import compare_main
 
 if __name__ == "__main__":
     tune_malloc()

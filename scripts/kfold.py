@@ -10,14 +10,14 @@ Results land in lightning_logs/<model>/<run>/; the last line printed is that dir
 
 import sys
 
-from lit_cnn.startup import collector_paused, exit_on_signals
+from lit_cnn.cli.startup import collector_paused, exit_on_signals
 
 exit_on_signals("kfold.py")  # from the first line: Ctrl-C while torch loads is one line, too
 
-from lit_cnn.malloc import tune_malloc  # noqa: E402
+from lit_cnn.cv.malloc import tune_malloc  # noqa: E402
 
 with collector_paused():  # a faster start-up (see lit_cnn/startup.py)
-    from lit_cnn.cli import cli_main
+    from lit_cnn.cli.kfold import cli_main
 
 if __name__ == "__main__":
     tune_malloc()

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_cnn.idx import DEFAULT_OUT, IdxError, convert_idx
+from lit_cnn.data.idx import DEFAULT_OUT, IdxError, convert_idx
 
 
 def main(argv: list[str] | None = None) -> int:

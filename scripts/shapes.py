@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lit_cnn.models import get_model_class, list_models
-from lit_cnn.shapes import format_table, layer_table
+from lit_cnn.models.modules import get_model_class, list_models
+from lit_cnn.models.shapes import format_table, layer_table
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_cnn.files import atomic_write
-from lit_cnn.fold_trainer import AtomicCheckpointIO
+from lit_cnn.cv.files import atomic_write
+from lit_cnn.cv.trainer import AtomicCheckpointIO
 
 
 class Probe(L.Callback):
@@ -68,13 +68,17 @@ class AtExitProbe(L.Callback):
 
 class FailInFold(L.Callback):
     """Raises at the end of the first training epoch of fold ``fold`` (found by the fold
-    loop's checkpoint directory)."""
+    loop's checkpoint directory), once: it leaves ``marker`` behind and then lets fits be."""
 
-    def __init__(self, fold: int = 1) -> None:
-        self.fold = fold
+    def __init__(self, marker: str, fold: int = 1) -> None:
+        self.marker, self.fold = Path(marker), fold
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if f"fold_{self.fold}" in str(trainer.checkpoint_callback.dirpath):
+        if (
+            f"fold_{self.fold}" in str(trainer.checkpoint_callback.dirpath)
+            and not self.marker.exists()
+        ):
+            self.marker.write_text("failed once")
             raise RuntimeError(f"injected failure in fold {self.fold}")
 
 
@@ -97,4 +101,5 @@ class SlowCheckpointIO(AtomicCheckpointIO):
                 f.flush()
                 time.sleep(self.seconds / len(chunks))
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(path), write)

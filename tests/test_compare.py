@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, script
 from scipy import stats as st
 
-from lit_cnn.compare import analyse, format_p, verdict, write_comparison
-from lit_cnn.compare_cli import compare_main, resolve_hparams
-from lit_cnn.stats import TTestResult, corrected_resampled_ttest
+from lit_cnn.analysis.compare import analyse, format_p, verdict, write_comparison
+from lit_cnn.analysis.stats import TTestResult, corrected_resampled_ttest
+from lit_cnn.cli.compare import compare_main, resolve_hparams
 
 MODELS = ("ResNN", "ResNNBatch")
 

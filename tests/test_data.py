@@ -1,4 +1,4 @@
-"""Tests for lit_cnn.data: accepted formats, scaling, refusals, hostile pickles, the sample."""
+"""lit_cnn.data.loading: accepted formats, scaling, refusals, hostile pickles, the sample."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_cnn import data
-from lit_cnn.data import (
+from lit_cnn.data import loading as data
+from lit_cnn.data.loading import (
     DEFAULT_PATH,
     SAMPLE,
     DataError,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_cnn.data import load_dataset, load_images
-from lit_cnn.datamodule import IndexBatches, KFoldDataModule
-from lit_cnn.models import get_model
+from lit_cnn.cv.datamodule import IndexBatches, KFoldDataModule
+from lit_cnn.data.loading import load_dataset, load_images
+from lit_cnn.models.modules import get_model
 
 
 def _batches(n=1000, batch_size=128, shuffle=True, rank=0, world=1, seed=0):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from architectures import EXPECTED
 
 import lit_cnn
-from lit_cnn.models import CNNModule, get_model_class
+from lit_cnn.models.modules import CNNModule, get_model_class
 
 NAMES = lit_cnn.list_models()
 
@@ -137,7 +137,7 @@ def test_skip_block_changes_the_function():
 
 
 def test_base_class_builds_nothing():
-    # No layers in lit_cnn.nets under its name: the error lists the architectures that have.
+    # No layers in lit_cnn.models.nets under its name: the error lists the architectures that have.
     with pytest.raises(ValueError, match="unknown model 'CNNModule'; valid models: DeepCNN"):
         CNNModule()
 
@@ -147,7 +147,7 @@ def test_epoch_train_metrics_are_the_steps_mean_loss_and_accuracy(sample_batch):
     # epoch's steps, replayed by hand from the same weights over the same batches.
     import lightning as L
 
-    from lit_cnn.datamodule import IndexBatches
+    from lit_cnn.cv.datamodule import IndexBatches
 
     x, y = sample_batch
     images = (x * 255).round().to(torch.uint8)

@@ -1,4 +1,4 @@
-"""Tests for scripts/prepare_data.py and lit_cnn.idx: IDX files in, notebook pickle out."""
+"""Tests for scripts/prepare_data.py and lit_cnn.data.idx: IDX files in, notebook pickle out."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_cnn import data, idx
-from lit_cnn.data import load_dataset, load_images, to_float
+from lit_cnn.data import idx
+from lit_cnn.data import loading as data
+from lit_cnn.data.loading import load_dataset, load_images, to_float
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"
@@ -161,7 +162,7 @@ def test_usage_error_exits_2():
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
-# In-process checks of lit_cnn.idx: the same errors, without a subprocess each.
+# In-process checks of lit_cnn.data.idx: the same errors, without a subprocess each.
 
 
 def check_error(tmp_path, idx_dir, *phrases: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import script
 
-from lit_cnn.cli import cli_main
+from lit_cnn.cli.kfold import cli_main
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 METRICS = ("best_epoch", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")

@@ -1,4 +1,4 @@
-"""Tests of lit_cnn.shapes: hand-computed output shapes checked against forward passes."""
+"""Tests of lit_cnn.models.shapes: hand-computed output shapes checked against forward passes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import lit_cnn
-from lit_cnn.shapes import LayerRow, format_table, layer_table
+from lit_cnn.models.shapes import LayerRow, format_table, layer_table
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "shapes.py"

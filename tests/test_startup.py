@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench import _KFOLD_SCRIPT
 
-from lit_cnn.bench import _KFOLD_SCRIPT
-from lit_cnn.startup import collector_paused
+from lit_cnn.cli.startup import collector_paused
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_collector_back_on_after_an_error(unfreeze):
 
 # Runs the script's imports (not its main) in a fresh interpreter and reports what the
 # collector did meanwhile: passes made once torch had started loading (runpy's and
-# lit_cnn.startup's own imports come before the pause; without it there were about 1,000).
+# lit_cnn.cli.startup's own imports come before the pause; without it there were about 1,000).
 _PROBE = """
 import gc, json, runpy, sys
 passes = []
@@ -81,12 +81,12 @@ def test_scripts_import_without_collections(script):
     assert probe["frozen"] > 100_000  # torch's and Lightning's objects
 
 
-# Runs bench.py's no-checkout command with lit_cnn.malloc.tune_malloc wrapped, and prints at
+# Runs bench.py's no-checkout command with lit_cnn.cv.malloc.tune_malloc wrapped, and prints at
 # interpreter exit whether it was called (and what it returned) and whether the collector
 # was back on: the script's set-up, then a normal exit.
 _NO_CHECKOUT = """
 import atexit, gc, sys
-import lit_cnn.malloc as malloc
+import lit_cnn.cv.malloc as malloc
 real, calls = malloc.tune_malloc, []
 malloc.tune_malloc = lambda: calls.append(real()) or calls[-1]
 atexit.register(lambda: print("probe", calls, gc.isenabled(), flush=True))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from lit_cnn.stats import corrected_resampled_ttest, dietterich_5x2cv, paired_ttest
+from lit_cnn.analysis.stats import corrected_resampled_ttest, dietterich_5x2cv, paired_ttest
 
 # Two-sided 5% critical values of Student's t, from the printed tables.
 T975 = {1: 12.706, 2: 4.303, 5: 2.571}

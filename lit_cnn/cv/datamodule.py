@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_cnn.data import ImageData, load_images, to_float
-from lit_cnn.malloc import release_free_memory
+from lit_cnn.cv.malloc import release_free_memory
+from lit_cnn.data.loading import ImageData, load_images, to_float
 
 
 class IndexBatches:
@@ -37,7 +37,7 @@ class IndexBatches:
         labels: (N,) int64 labels on the same device.
         indices: (n,) int64 indices of the samples to serve, on the same device.
         batch_size: Global batch size (summed over ranks).
-        scale: Scaling constant passed to :func:`lit_cnn.data.to_float`.
+        scale: Scaling constant passed to :func:`lit_cnn.data.loading.to_float`.
         shuffle: Draw a new permutation each epoch (training); else serve in order.
         seed: Seed of the permutations (each epoch's is derived from it and the epoch).
         rank: This process's rank among ``world_size`` ranks.

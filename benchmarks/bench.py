@@ -3,16 +3,16 @@
 Epoch throughput (the default mode) compares, in one process, on the same images and the same
 initial weights, for each architecture:
 
-- **(a) lit_cnn**: :func:`lit_cnn.kfold.train_fold` itself, i.e. a ``lightning.Trainer`` with
-  the fold loop's settings (``TRAINER_DEFAULTS`` of :mod:`lit_cnn.cli`, ModelCheckpoint on
-  ``val/loss``, :class:`~lit_cnn.timing.EpochTimer`, TensorBoardLogger, the progress bar on as
-  by default) over :class:`~lit_cnn.datamodule.KFoldDataModule`, with Lightning's automatic
+- **(a) lit_cnn**: :func:`lit_cnn.cv.loop.train_fold` itself, i.e. a ``lightning.Trainer`` with
+  the fold loop's settings (``TRAINER_DEFAULTS`` of :mod:`lit_cnn.cli.kfold`, ModelCheckpoint on
+  ``val/loss``, :class:`~lit_cnn.cv.timing.EpochTimer`, TensorBoardLogger, the progress bar on as
+  by default) over :class:`~lit_cnn.cv.datamodule.KFoldDataModule`, with Lightning's automatic
   optimization (one optimizer step per batch). Its seconds are the
   EpochTimer's, the number results.json stores as ``train_epoch_seconds``.
 - **(b) plain loop**: the same model class, optimizer (``configure_optimizers()``) and
-  device-resident :class:`~lit_cnn.datamodule.IndexBatches` (same seed, same batch size), with
+  device-resident :class:`~lit_cnn.cv.datamodule.IndexBatches` (same seed, same batch size), with
   ``F.cross_entropy`` and zero_grad / backward / step: the framework-free floor.
-- **(c) the notebook's way**: :mod:`lit_cnn.notebook`'s DataLoader (batch size, shuffled) over
+- **(c) the notebook's way**: ``benchmarks/notebook.py``'s DataLoader (batch size, shuffled) over
   its map-style dataset of float tensors, training loop only.
 
 All three train on exactly the first ``n_train`` images of the training set, from the same
@@ -31,7 +31,7 @@ Options (``bench_options``) time the plain loop (b) with each memory order and w
 the optimizer's fused kernel: the measurements behind each architecture's defaults.
 
 Whole run (``whole_run``) times complete K-fold runs, start-up included, as subprocesses
-alternating A (``scripts/kfold.py``) and B (``python -m lit_cnn.notebook``), and reads each
+alternating A (``scripts/kfold.py``) and B (``python benchmarks/notebook.py``), and reads each
 one's peak resident memory.
 """
 
@@ -58,17 +58,17 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from notebook import MnistDataset, Trainer  # benchmarks/notebook.py, beside this file
 
 from lit_cnn import __version__
-from lit_cnn.cli import TRAINER_DEFAULTS
-from lit_cnn.data import DataError, ImageData, load_images, pad_images, to_float
-from lit_cnn.datamodule import IndexBatches, KFoldDataModule
-from lit_cnn.kfold import FoldSetup, train_fold
-from lit_cnn.malloc import MALLOC_ENV
-from lit_cnn.malloc import tune_malloc as _tune_malloc
-from lit_cnn.models import CNNModule, get_model, list_models
-from lit_cnn.notebook import MnistDataset, Trainer
-from lit_cnn.timing import device_sync
+from lit_cnn.cli.kfold import TRAINER_DEFAULTS
+from lit_cnn.cv.datamodule import IndexBatches, KFoldDataModule
+from lit_cnn.cv.loop import FoldSetup, train_fold
+from lit_cnn.cv.malloc import MALLOC_ENV
+from lit_cnn.cv.malloc import tune_malloc as _tune_malloc
+from lit_cnn.cv.timing import device_sync
+from lit_cnn.data.loading import DataError, ImageData, load_images, pad_images, to_float
+from lit_cnn.models.modules import CNNModule, get_model, list_models
 
 METHODS = {
     "a": "lit_cnn: Lightning Trainer as the fold loop runs it (EpochTimer)",
@@ -96,7 +96,7 @@ def load_subset(path: str | os.PathLike[str] | None, n_train: int | None) -> Ima
     """Loads the data and keeps the first ``n_train`` training images.
 
     Args:
-        path: As for :func:`lit_cnn.data.load_images` (``None``: lit_cnn's default data).
+        path: As for :func:`lit_cnn.data.loading.load_images` (``None``: lit_cnn's default data).
         n_train: How many training images to keep; ``None`` keeps
             ``min(DEFAULT_N_TRAIN, available)``.
 
@@ -193,7 +193,7 @@ def lit_epochs(
     progress_bar: bool = True,
     model: CNNModule | None = None,
 ) -> list[float]:
-    """(a): ``epochs`` epochs of fold 0 through :func:`lit_cnn.kfold.train_fold`.
+    """(a): ``epochs`` epochs of fold 0 through :func:`lit_cnn.cv.loop.train_fold`.
 
     Args:
         name: Architecture name.
@@ -675,10 +675,10 @@ def measure_command(
 
 _KFOLD_SCRIPT = """\
 import sys
-from lit_cnn.malloc import tune_malloc
-from lit_cnn.startup import collector_paused
+from lit_cnn.cv.malloc import tune_malloc
+from lit_cnn.cli.startup import collector_paused
 with collector_paused():
-    from lit_cnn.cli import cli_main
+    from lit_cnn.cli.kfold import cli_main
 tune_malloc()
 sys.exit(cli_main())
 """
@@ -707,7 +707,7 @@ def _notebook_command(
     model: str, data: Path, k: int, epochs: int, batch_size: int, device: str
 ) -> list[str]:
     return [
-        sys.executable, "-m", "lit_cnn.notebook",
+        sys.executable, str(Path(__file__).with_name("notebook.py")),
         "--model", model,
         "--data", str(data),
         "--k", str(k),
@@ -772,7 +772,7 @@ def whole_run(
     Returns:
         Every run's seconds, peak RSS and last output lines, and the per-repeat ratios A/B of
         wall time. B imports torch, scikit-learn and matplotlib, as the notebook did, and no
-        Lightning (its layers come from :mod:`lit_cnn.nets`).
+        Lightning (its layers come from :mod:`lit_cnn.models.nets`).
 
     Raises:
         RuntimeError: A run failed; the message holds the end of its output.
@@ -864,7 +864,7 @@ def format_whole_run(res: dict[str, Any]) -> str:
 # cost DeepCNN about a third of its epoch time, and more so in lit_cnn's loop than in the plain
 # one. Fixed thresholds keep the blocks in the heap. M_MMAP_THRESHOLD's ceiling is 32 MiB.
 def tune_malloc() -> None:
-    """Applies lit_cnn's allocator settings (:func:`lit_cnn.malloc.tune_malloc`) here.
+    """Applies lit_cnn's allocator settings (:func:`lit_cnn.cv.malloc.tune_malloc`) here.
 
     Raises:
         OSError: The C library is not glibc, or refused a value.

@@ -68,3 +68,15 @@ def write_json(path: Path, obj: Any) -> None:
 def write_text(path: Path, text: str) -> None:
     """Writes ``text`` atomically."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_partial_writes(directory: Path) -> list[Path]:
+    """Deletes the temporary files that writes killed midway left under ``directory``.
+
+    Returns:
+        The files deleted.
+    """
+    left = [p for p in Path(directory).rglob(".*.tmp") if p.is_file()]
+    for path in left:
+        path.unlink(missing_ok=True)
+    return left

@@ -6,17 +6,18 @@
     python scripts/compare.py --resume lightning_logs/compare/version_0
 
 Every model is trained on the same folds: for repetition ``r`` one
-:class:`~lit_cnn.datamodule.KFoldDataModule` with split seed ``seed + r`` serves all the
+:class:`~lit_cnn.cv.datamodule.KFoldDataModule` with split seed ``seed + r`` serves all the
 models, so each fold's scores are paired. Each (model, repetition) is an ordinary K-fold run
-of :func:`lit_cnn.kfold.run_kfold`. Then, for each pair of models, the differences in
+of :func:`lit_cnn.cv.loop.run_kfold`. Then, for each pair of models, the differences in
 accuracy (in percentage points) are tested: the corrected resampled t-test on the
 validation-fold scores (the one to trust), the plain paired t-test on the test-set scores
-beside it and, for ``--scheme 5x2cv``, Dietterich's 5x2cv t-test (see :mod:`lit_cnn.stats`).
+beside it and, for ``--scheme 5x2cv``, Dietterich's 5x2cv t-test
+(see :mod:`lit_cnn.analysis.stats`).
 
 The comparison directory is ``<root>/lightning_logs/compare/<name or version_N>/``::
 
     compare.yaml         the configuration (read again by --resume)
-    <model>/rep_<r>/     a K-fold run directory per model and repetition (see lit_cnn.kfold)
+    <model>/rep_<r>/     a K-fold run directory per model and repetition (see lit_cnn.cv.loop)
     comparison.json      per-model scores, per-pair tests and verdicts, the configuration
     comparison.md        the tables and the verdicts
     comparison.png       per-model accuracies, one point per fold run, paired runs joined
@@ -34,17 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from lit_cnn.datamodule import KFoldDataModule
-from lit_cnn.fold_trainer import FoldSetup
-from lit_cnn.kfold import run_kfold
-from lit_cnn.models import get_model
-from lit_cnn.report import mean_std, save_figure, write_json, write_text
-from lit_cnn.stats import (
+from lit_cnn.analysis.stats import (
     TTestResult,
     corrected_resampled_ttest,
     dietterich_5x2cv,
     paired_ttest,
 )
+from lit_cnn.cv.datamodule import KFoldDataModule
+from lit_cnn.cv.loop import run_kfold
+from lit_cnn.cv.report import mean_std, save_figure, write_json, write_text
+from lit_cnn.cv.trainer import FoldSetup
+from lit_cnn.models.modules import get_model
 
 SCHEMES = ("kfold", "5x2cv")
 ALPHA = 0.05  # significance level of the verdicts; the intervals are 1 - ALPHA = 95%
@@ -78,7 +79,7 @@ def run_comparison(
     """Trains every model on the same folds of every repetition, then writes the comparison.
 
     Runs that finished earlier (their ``results.json`` and figures exist) are read, not
-    redone; an unfinished run continues fold by fold, as :func:`lit_cnn.kfold.run_kfold` does.
+    redone; an unfinished run continues fold by fold, as :func:`lit_cnn.cv.loop.run_kfold` does.
 
     Args:
         cmp_dir: The comparison directory (existing).

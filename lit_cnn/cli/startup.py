@@ -1,14 +1,13 @@
-"""Process start-up: load torch and Lightning with the cyclic garbage collector paused.
+"""Process start-up: load torch and Lightning with the cyclic garbage collector paused, and
+turn signals into one line until a run installs its own handlers.
 
-Importing lit_cnn's CLI brings in torch, Lightning and what Lightning imports (torch._dynamo,
-torchmetrics, scipy.signal, matplotlib): about 400,000 objects that live as long as the
-process. With the collector running, Python scans the growing heap again and again while
-they load, and none of it is garbage yet: on the CI machine
-``python -c "import lit_cnn.cli"`` took 3.2-3.3 s, 2.6-2.8 s with the collector off.
-Collections during a run cost milliseconds once the imported objects are frozen.
+Importing the CLI brings in torch, Lightning and what they import: hundreds of thousands of
+objects that live as long as the process. With the collector on, Python scans the growing
+heap again and again while they load, and none of it is garbage yet (timings:
+docs/performance.md).
 
     with collector_paused():
-        from lit_cnn.cli import cli_main, exit_now
+        from lit_cnn.cli.kfold import cli_main
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-from lit_cnn.models import LOGGED_METRICS
-from lit_cnn.options import EXPECTED, UsageError
+from lit_cnn.cli.options import EXPECTED
+from lit_cnn.errors import UsageError
 
 
 def _bad(key: str, value: Any, expected: str) -> UsageError:
@@ -95,18 +95,6 @@ def check_fold_loop(trainer: Namespace) -> None:
             f"--trainer.check_val_every_n_epoch {every}: with --trainer.max_epochs {epochs} no "
             "validation would run, and the fold loop picks its best checkpoint by validation loss"
         )
-
-
-def check_monitors(callbacks: Sequence[Any], option: str = "--trainer.callbacks") -> None:
-    """Refuses callbacks that watch a metric lit_cnn never logs."""
-    logged = [m for m in LOGGED_METRICS if not m.startswith("test/")]
-    for callback in callbacks:
-        monitor = getattr(callback, "monitor", None)
-        if monitor is not None and monitor not in logged:
-            raise UsageError(
-                f"{option}: {type(callback).__name__} monitors {monitor!r}, which lit_cnn never "
-                f"logs; it logs {', '.join(logged)}"
-            )
 
 
 def spec_dict(spec: Any) -> dict[str, Any] | None:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lit_cnn.files import write_json
-from lit_cnn.options import UsageError
+from lit_cnn.cv.files import write_json
+from lit_cnn.errors import UsageError
 
 SEAL = "seal.json"
 CONFIG = "config.yaml"

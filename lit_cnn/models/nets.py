@@ -1,11 +1,11 @@
 """The six networks' layers as plain ``torch.nn`` modules, without Lightning.
 
-:mod:`lit_cnn.models` wraps each in a LightningModule; :mod:`lit_cnn.notebook` (the
+:mod:`lit_cnn.models.modules` wraps each in a LightningModule; ``benchmarks/notebook.py`` (the
 benchmark's baseline) trains them bare, so that it imports torch alone, as the notebook did.
 Every network takes 1x32x32 images and returns 10 logits.
 
     >>> import torch
-    >>> from lit_cnn.nets import build_net
+    >>> from lit_cnn.models.nets import build_net
     >>> build_net("DeepCNN")(torch.zeros(2, 1, 32, 32)).shape
     torch.Size([2, 10])
 """

@@ -3,7 +3,7 @@
 MNIST, Fashion-MNIST and KMNIST are all distributed as four IDX files (optionally gzipped):
 ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
 ``t10k-labels-idx1-ubyte``. :func:`convert_idx` reads them and writes the pickle that the
-homework notebook (and :func:`lit_cnn.data.load_dataset`) reads::
+homework notebook (and :func:`lit_cnn.data.loading.load_dataset`) reads::
 
     ((X_train, y_train), (X_test, y_test))
 
@@ -39,7 +39,7 @@ __all__ = [
     "write_notebook_pickle",
 ]
 
-# The same path as lit_cnn.data.DEFAULT_PATH, repeated so this module need not import torch.
+# The same path as lit_cnn.data.loading.DEFAULT_PATH, repeated so this module need not import torch.
 DEFAULT_OUT = Path("Datasets/mnist.pkl")
 
 IDX_FILES = {

@@ -6,7 +6,7 @@ what every leaf layer really received and produced, and each row's formula must 
 that shape, or :func:`layer_table` raises.
 
     >>> from torch import nn
-    >>> from lit_cnn.shapes import format_table, layer_table
+    >>> from lit_cnn.models.shapes import format_table, layer_table
     >>> rows = layer_table(nn.Sequential(nn.Conv2d(1, 33, 2, stride=2), nn.MaxPool2d(2, 2)))
     >>> rows[0].formula
     '(32 − 2 + 2·0)/2 + 1 = 16'

@@ -23,11 +23,10 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from lit_cnn.checks import check_monitors
-from lit_cnn.files import atomic_write
-from lit_cnn.models import CNNModule
-from lit_cnn.options import UsageError
-from lit_cnn.timing import EpochTimer
+from lit_cnn.cv.files import atomic_write
+from lit_cnn.cv.timing import EpochTimer
+from lit_cnn.errors import UsageError
+from lit_cnn.models.modules import LOGGED_METRICS, CNNModule
 
 
 @dataclass
@@ -179,6 +178,18 @@ def tensorboard_loggers(loggers: Sequence[Logger]) -> list[TensorBoardLogger]:
 @dataclass
 class scheduler_probe:  # noqa: N801 (stands in for a scheduler in check_monitors' message)
     monitor: str
+
+
+def check_monitors(callbacks: Sequence[Any], option: str = "--trainer.callbacks") -> None:
+    """Refuses callbacks that watch a metric lit_cnn never logs."""
+    logged = [m for m in LOGGED_METRICS if not m.startswith("test/")]
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if monitor is not None and monitor not in logged:
+            raise UsageError(
+                f"{option}: {type(callback).__name__} monitors {monitor!r}, which lit_cnn never "
+                f"logs; it logs {', '.join(logged)}"
+            )
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,7 +2,7 @@
 
 Every architecture takes 1x32x32 images and returns 10 logits. What they share (loss,
 metrics, logging, the optimizer) lives in :class:`CNNModule`; a subclass only names its
-layers (in :mod:`lit_cnn.nets`, under the class name).
+layers (in :mod:`lit_cnn.models.nets`, under the class name).
 
     >>> from lit_cnn import get_model, list_models
     >>> list_models()
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_cnn import nets
-from lit_cnn.nets import NUM_CLASSES
+from lit_cnn.models import nets
+from lit_cnn.models.nets import NUM_CLASSES
 
 OPTIMIZERS = ("adam", "sgdm")
 # Devices with fused Adam and SGD kernels in every torch lit_cnn supports (CPU's since 2.4).
@@ -206,9 +206,9 @@ class CNNModule(L.LightningModule):
         self.diverged_epoch: int | None = None
 
     def build(self) -> nn.Sequential:
-        """Returns the network's layers: those :mod:`lit_cnn.nets` has under the class name.
+        """Returns the network's layers: those :mod:`lit_cnn.models.nets` has under the class name.
 
-        An architecture whose layers are not in :mod:`lit_cnn.nets` overrides this.
+        An architecture whose layers are not in :mod:`lit_cnn.models.nets` overrides this.
         """
         return nets.build_net(type(self).__name__)
 

@@ -307,6 +307,15 @@ class _SafeUnpickler(pickle.Unpickler):
         )
 
 
+def read_pickle(path: str | os.PathLike[str]) -> Any:
+    """What a pickle holds, read by the restricted unpickler (arrays, tuples, lists only).
+
+    Raises:
+        DataError: The file is unreadable, not a pickle, or names anything else.
+    """
+    return _read_pickle(Path(path), str(path))
+
+
 def _read_pickle(path: Path, source: str) -> Any:
     try:
         with open(path, "rb") as file:
@@ -340,8 +349,8 @@ class _Bounded:
 
     def _check(self, n: int) -> None:
         left = self.size - self.file.tell()
-        if n > left:
-            raise _Refused(f"it declares {n:,} bytes of data where {left:,} remain in the file")
+        if n > left:  # reported as a truncated pickle (see _unpickle)
+            raise EOFError(f"it declares {n:,} bytes of data where {left:,} remain in the file")
 
     def read(self, n: int = -1) -> bytes:
         if n is not None and n >= 0:

@@ -19,12 +19,8 @@ from typing import Any, Literal, Union
 import yaml
 from jsonargparse import ArgumentError, Namespace
 
-from lit_cnn.models import list_models
-
-
-class UsageError(ValueError):
-    """A bad option or option value: the one-line message names the option."""
-
+from lit_cnn.errors import UsageError
+from lit_cnn.models.modules import list_models
 
 # ----------------------------------------------------------------------------- types in words
 
@@ -150,7 +146,7 @@ def _parses(parser: Any, argv: list[str]) -> bool:
 
 #: Where a class-valued option's short names live (a full class path works too).
 CLASS_MODULES = {
-    "model": "lit_cnn.models",
+    "model": "lit_cnn.models.modules",
     "trainer.callbacks": "lightning.pytorch.callbacks",
     "trainer.logger": "lightning.pytorch.loggers",
     "optimizer": "torch.optim",

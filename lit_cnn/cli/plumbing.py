@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from jsonargparse import Namespace
 
-from lit_cnn.options import UsageError
+from lit_cnn.errors import UsageError
 
 T = TypeVar("T")
 

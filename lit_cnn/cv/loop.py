@@ -2,7 +2,7 @@
 
 For each fold the loop trains with early-stopping checkpoints on ``val/loss``, restores the
 best checkpoint and tests it on the whole test set, records the fold, and finally writes the
-run directory's files (see :mod:`lit_cnn.report`) with mean +/- std and the fold ensemble.
+run directory's files (see :mod:`lit_cnn.cv.report`) with mean +/- std and the fold ensemble.
 
 The run directory is ``<root>/lightning_logs/<model>/<run_name or version_N>/``::
 
@@ -34,13 +34,13 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_cnn import __version__
-from lit_cnn.data import to_float
-from lit_cnn.datamodule import KFoldDataModule
-from lit_cnn.distributed import FoldParallel
-from lit_cnn.fold_trainer import FoldSetup, build_trainer, tensorboard_loggers
-from lit_cnn.malloc import release_free_memory
-from lit_cnn.models import CNNModule
-from lit_cnn.report import atomic_write, mean_std, notebook_summary, write_json, write_report
+from lit_cnn.cv.datamodule import KFoldDataModule
+from lit_cnn.cv.distributed import FoldParallel
+from lit_cnn.cv.malloc import release_free_memory
+from lit_cnn.cv.report import atomic_write, mean_std, notebook_summary, write_json, write_report
+from lit_cnn.cv.trainer import FoldSetup, build_trainer, tensorboard_loggers
+from lit_cnn.data.loading import to_float
+from lit_cnn.models.modules import CNNModule
 
 __all__ = ["FoldSetup", "new_run_dir", "run_kfold", "train_fold", "train_folds", "summarize"]
 

@@ -27,8 +27,8 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_cnn import quiet
-from lit_cnn.checks import (
+from lit_cnn.cli import quiet
+from lit_cnn.cli.checks import (
     check_batch_limits,
     check_fold_loop,
     check_optimizer_forms,
@@ -36,14 +36,8 @@ from lit_cnn.checks import (
     check_values,
     spec_dict,
 )
-from lit_cnn.data import DataError
-from lit_cnn.datamodule import KFoldDataModule
-from lit_cnn.distributed import FoldParallel, FoldParallelError, local_metrics
-from lit_cnn.fold_trainer import FoldSetup, preflight
-from lit_cnn.kfold import new_run_dir, run_kfold
-from lit_cnn.models import CNNModule
-from lit_cnn.options import UsageError, diagnose
-from lit_cnn.plumbing import (
+from lit_cnn.cli.options import UsageError, diagnose
+from lit_cnn.cli.plumbing import (
     CONFIG,
     RUN_DIR_ENV,
     ddp_run_dir,
@@ -52,8 +46,15 @@ from lit_cnn.plumbing import (
     run_interruptibly,
     split_resume,
 )
-from lit_cnn.report import write_text
-from lit_cnn.seal import check_resume, finished, seal
+from lit_cnn.cv.datamodule import KFoldDataModule
+from lit_cnn.cv.distributed import FoldParallel, FoldParallelError, local_metrics
+from lit_cnn.cv.files import remove_partial_writes
+from lit_cnn.cv.loop import new_run_dir, run_kfold
+from lit_cnn.cv.report import write_text
+from lit_cnn.cv.seal import check_resume, finished, seal
+from lit_cnn.cv.trainer import FoldSetup, preflight
+from lit_cnn.data.loading import DataError
+from lit_cnn.models.modules import CNNModule
 
 PROG = "kfold.py"
 
@@ -266,6 +267,7 @@ def cli_main(args: list[str] | None = None) -> int:
         if finished(Path(resume)):
             print(f"{resume}: the run is finished; nothing to do (its results: results.json)")
             return 0
+        remove_partial_writes(Path(resume))  # what a kill during a write left
     dry = bool(cfg.trainer.fast_dev_run)
     parallel = cli.parallel = FoldParallel() if cfg.fold_parallel else None
     if (parallel is None or parallel.is_main) and not _get_rank():

@@ -15,8 +15,9 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_cnn import quiet
-from lit_cnn.checks import (
+from lit_cnn.analysis.compare import run_comparison, summary_lines
+from lit_cnn.cli import quiet
+from lit_cnn.cli.checks import (
     check_batch_limits,
     check_fold_loop,
     check_optimizer_forms,
@@ -24,16 +25,15 @@ from lit_cnn.checks import (
     check_values,
     spec_dict,
 )
-from lit_cnn.cli import TRAINER_DEFAULTS, add_shared_arguments, given_trainer_options
-from lit_cnn.compare import run_comparison, summary_lines
-from lit_cnn.data import DataError
-from lit_cnn.datamodule import KFoldDataModule
-from lit_cnn.fold_trainer import FoldSetup, preflight
-from lit_cnn.kfold import new_run_dir
-from lit_cnn.models import get_model, list_models
-from lit_cnn.options import UsageError, diagnose
-from lit_cnn.plumbing import fail, run_interruptibly, split_resume
-from lit_cnn.report import write_text
+from lit_cnn.cli.kfold import TRAINER_DEFAULTS, add_shared_arguments, given_trainer_options
+from lit_cnn.cli.options import UsageError, diagnose
+from lit_cnn.cli.plumbing import fail, run_interruptibly, split_resume
+from lit_cnn.cv.datamodule import KFoldDataModule
+from lit_cnn.cv.loop import new_run_dir
+from lit_cnn.cv.report import write_text
+from lit_cnn.cv.trainer import FoldSetup, preflight
+from lit_cnn.data.loading import DataError
+from lit_cnn.models.modules import get_model, list_models
 
 PROG = "compare.py"
 CONFIG = "compare.yaml"

@@ -1,6 +1,6 @@
 """Files and figures of a K-fold run, made from its fold records (never from the loop itself).
 
-Every file is written atomically (see :mod:`lit_cnn.files`).
+Every file is written atomically (see :mod:`lit_cnn.cv.files`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lit_cnn.files import atomic_write, write_json, write_text
+from lit_cnn.cv.files import atomic_write, write_json, write_text
 
 __all__ = ["atomic_write", "write_json", "write_text", "write_report", "mean_std"]
 
@@ -157,7 +157,7 @@ def write_report(
         save_png(rgba, run_dir / f"{name}.png")
     if tensorboard:
         _tensorboard_entry(run_dir, results, pixels)
-    # Last: a run directory with results.json is a finished run (see lit_cnn.seal).
+    # Last: a run directory with results.json is a finished run (see lit_cnn.cv.seal).
     write_json(run_dir / "results.json", results)
 
 

@@ -1,6 +1,6 @@
 """The homework notebook's training code, re-implemented as the benchmark's baseline.
 
-This is "the notebook's way" of training, kept so that :mod:`lit_cnn.bench` can measure what
+This is "the notebook's way" of training, kept so that ``benchmarks/bench.py`` can measure what
 lit_cnn gains over it on the same machine. It does what the notebook's ``MnistDataset``,
 ``Trainer`` and ``KFoldCrossValidation`` did, at the same cost:
 
@@ -13,7 +13,7 @@ lit_cnn gains over it on the same machine. It does what the notebook's ``MnistDa
 
 Where it differs from the notebook, it does so without changing the cost:
 
-- The networks are lit_cnn's own layers (:mod:`lit_cnn.nets`, plain ``nn.Sequential``s that
+- The networks are lit_cnn's own layers (:mod:`lit_cnn.models.nets`, plain ``nn.Sequential``s that
   need no Lightning) so both sides train identical layers. They output logits; the notebook
   ended in Softmax, which fed probabilities to ``CrossEntropyLoss`` (a bug, and a negligible cost).
 - The best weights are copied (``copy.deepcopy`` of the ``state_dict``), where the notebook kept
@@ -24,10 +24,11 @@ Where it differs from the notebook, it does so without changing the cost:
 
 Run it as the notebook's K-fold cell::
 
-    python -m lit_cnn.notebook --model ShallowCNN --data /tmp/fmnist.pkl --k 3 --epochs 2
+    python benchmarks/notebook.py --model ShallowCNN --data /tmp/fmnist.pkl --k 3 --epochs 2
 
-The data file is read with plain ``pickle.load`` as the notebook did: use it only on files you
-trust (lit_cnn's own loader, :func:`lit_cnn.data.load_images`, refuses unsafe pickles).
+The data file is read by lit_cnn's restricted unpickler (:func:`lit_cnn.data.loading.read_pickle`),
+where the notebook called plain ``pickle.load``: the same bytes read, without running what a
+hostile file names.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lit_cnn.nets import TRAINING_DEFAULTS, build_net
+from lit_cnn.data.loading import read_pickle
+from lit_cnn.models.nets import TRAINING_DEFAULTS, build_net
 
 
 class MnistDataset:
@@ -280,9 +281,9 @@ def notebook_net(name: str) -> nn.Module:
 def load_notebook_pickle(
     path: str | os.PathLike[str], device: torch.device | str = "cpu"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Loads a notebook-format pickle as the notebook did.
+    """Loads a notebook-format pickle as the notebook did, through the safe unpickler.
 
-    ``pickle.load`` (trusted files only), ``torch.tensor(..., dtype=float)``, a channel axis,
+    The pickle's arrays, ``torch.tensor(..., dtype=float)``, a channel axis,
     then each image set divided by its own max (the notebook's defect 3, kept: same cost).
 
     Args:
@@ -292,8 +293,7 @@ def load_notebook_pickle(
     Returns:
         ``(X_train, y_train, X_test, y_test)``: float32 (N, 1, 32, 32) images, int64 labels.
     """
-    with open(path, "rb") as f:
-        train_data, test_data = pickle.load(f)  # the notebook's way: trusted input
+    train_data, test_data = read_pickle(path)
     tensors = []
     for X, y in (train_data, test_data):
         images = torch.tensor(X, dtype=torch.float)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         The exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m lit_cnn.notebook",
+        prog="python benchmarks/notebook.py",
         description="K-fold cross-validation the homework notebook's way (benchmark baseline).",
     )
     parser.add_argument("--model", default="ShallowCNN", choices=sorted(TRAINING_DEFAULTS))

@@ -1,0 +1,1 @@
+"""Analysis: the statistics of paired fold scores, and comparisons of architectures."""
