@@ -237,6 +237,7 @@ def test_measure_command_reads_the_child_s_own_peak_memory():
     assert failed["exit"] == 3
 
 
+@pytest.mark.slow
 def test_the_notebook_baseline_never_imports_lightning(tiny_pkl):
     # The notebook imported torch, scikit-learn and matplotlib; a baseline that also paid for
     # Lightning's imports (seconds, and their teardown at exit) would flatter lit_cnn.
@@ -268,6 +269,7 @@ def test_notebook_nets_are_the_models_layers(name):
     assert sorted(nets.NETS) == list_models()
 
 
+@pytest.mark.slow
 def test_whole_run_alternates_and_measures_both_commands(tiny_pkl, monkeypatch, capsys):
     # Stand-ins for kfold.py and the notebook CLI (each real one imports Lightning: seconds);
     # the real commands are covered by test_kfold.py and the notebook test above.

@@ -11,8 +11,9 @@ import pytest
 from conftest import ROOT, script
 from scipy import stats as st
 
-from lit_cnn.analysis.compare import analyse, format_p, verdict, write_comparison
+from lit_cnn.analysis.compare import analyse
 from lit_cnn.analysis.stats import TTestResult, corrected_resampled_ttest
+from lit_cnn.analysis.verdicts import format_p, verdict, write_comparison
 from lit_cnn.cli.compare import compare_main, resolve_hparams
 
 MODELS = ("ResNN", "ResNNBatch")
@@ -184,6 +185,7 @@ def test_a_name_is_never_reused(comparison, tiny_pkl, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_early_break_is_refused_by_the_script(tmp_path, tiny_pkl):
     proc = subprocess.run(
         [*script("compare.py"), *tiny_args(tmp_path, tiny_pkl, "--early_break", "true")],

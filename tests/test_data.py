@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lit_cnn.data import loading as data
+from lit_cnn.data import unpickle
 from lit_cnn.data.loading import (
     DEFAULT_PATH,
     SAMPLE,
@@ -209,8 +210,8 @@ def test_python2_numpy1_pickle(tmp_path):
 
 
 def test_allow_list_resolves_both_numpy_spellings():
-    unpickler = data._SafeUnpickler(io.BytesIO(b""))
-    for module, name in data._ALLOWED:
+    unpickler = unpickle._SafeUnpickler(io.BytesIO(b""))
+    for module, name in unpickle._ALLOWED:
         assert callable(unpickler.find_class(module, name))
     for module, name in [("multiarray", "_reconstruct"), ("multiarray", "scalar")]:
         old = unpickler.find_class(f"numpy.core.{module}", name)
@@ -495,4 +496,4 @@ def test_build_cannot_modify_allowed_objects(tmp_path):
     path = tmp_path / "d.pkl"
     path.write_bytes(raw)
     refused(path, "corrupt pickle")
-    assert data._NUMERIC_DTYPE.__doc__ != 1
+    assert unpickle._NUMERIC_DTYPE.__doc__ != 1

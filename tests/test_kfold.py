@@ -280,6 +280,7 @@ def test_run_name_is_never_reused(tmp_path, tiny_pkl, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_script_runs_and_prints_the_run_directory(tmp_path, tiny_pkl):
     proc = subprocess.run(
         [
@@ -319,6 +320,7 @@ def test_a_bad_option_is_one_line_and_status_2(tmp_path, capsys):
         (["--data.k", "1"], "--data.k: invalid value 1; expected an integer >= 2"),
     ],
 )
+@pytest.mark.slow
 def test_the_script_s_stderr_is_one_line_for_a_bad_option(tmp_path, option, message):
     # As a user sees it: the script's whole stderr, Lightning's own warnings included.
     proc = subprocess.run(

@@ -41,6 +41,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_fold_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_pkl):
     args = [
         "--model",
@@ -82,6 +83,7 @@ def test_sigkill_mid_fold_then_resume_equals_an_uninterrupted_run(tmp_path, tiny
     assert b["ensemble_test_acc"] == pytest.approx(a["ensemble_test_acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_leaves_a_resumable_run(tmp_path, tiny_pkl, sig, status):
     proc = kfold(

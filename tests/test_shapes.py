@@ -300,6 +300,7 @@ def _run_script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_script_prints_the_table() -> None:
     result = _run_script("DeepCNN")
     assert result.returncode == 0, result.stderr
@@ -307,6 +308,7 @@ def test_script_prints_the_table() -> None:
     assert "total params: 251,890" in result.stdout
 
 
+@pytest.mark.slow
 def test_script_unknown_model() -> None:
     result = _run_script("Foo")
     assert result.returncode == 2

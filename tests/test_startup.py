@@ -65,6 +65,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["kfold.py", "compare.py"])
 def test_scripts_import_without_collections(script):
     out = subprocess.run(
@@ -95,6 +96,7 @@ exec(compile(SCRIPT, "<kfold>", "exec"), {"__name__": "__main__"})
 """
 
 
+@pytest.mark.slow
 def test_bench_runs_kfold_the_script_way_without_a_checkout():
     # What bench.py runs when scripts/kfold.py is not there: the same imports, the same
     # malloc settings, then the CLI, ending in a normal exit.
@@ -110,6 +112,7 @@ def test_bench_runs_kfold_the_script_way_without_a_checkout():
     assert out.stdout.strip().splitlines()[-1] == "probe [True] True"
 
 
+@pytest.mark.slow
 def test_bench_s_no_checkout_command_trains_and_exits_cleanly(tiny_pkl, tmp_path):
     # A whole (tiny) run through that command: status 0 and the run directory printed last,
     # as scripts/kfold.py ends.

@@ -15,7 +15,8 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_cnn.analysis.compare import run_comparison, summary_lines
+from lit_cnn.analysis.compare import run_comparison
+from lit_cnn.analysis.verdicts import summary_lines
 from lit_cnn.cli import quiet
 from lit_cnn.cli.checks import (
     check_batch_limits,
@@ -29,8 +30,8 @@ from lit_cnn.cli.kfold import TRAINER_DEFAULTS, add_shared_arguments, given_trai
 from lit_cnn.cli.options import UsageError, diagnose
 from lit_cnn.cli.plumbing import fail, run_interruptibly, split_resume
 from lit_cnn.cv.datamodule import KFoldDataModule
-from lit_cnn.cv.loop import new_run_dir
 from lit_cnn.cv.report import write_text
+from lit_cnn.cv.seal import new_run_dir
 from lit_cnn.cv.trainer import FoldSetup, preflight
 from lit_cnn.data.loading import DataError
 from lit_cnn.models.modules import get_model, list_models

@@ -36,7 +36,7 @@ from lit_cnn.cli.checks import (
     check_values,
     spec_dict,
 )
-from lit_cnn.cli.options import UsageError, diagnose
+from lit_cnn.cli.options import UsageError, add_options, diagnose
 from lit_cnn.cli.plumbing import (
     CONFIG,
     RUN_DIR_ENV,
@@ -49,9 +49,9 @@ from lit_cnn.cli.plumbing import (
 from lit_cnn.cv.datamodule import KFoldDataModule
 from lit_cnn.cv.distributed import FoldParallel, FoldParallelError, local_metrics
 from lit_cnn.cv.files import remove_partial_writes
-from lit_cnn.cv.loop import new_run_dir, run_kfold
+from lit_cnn.cv.loop import run_kfold
 from lit_cnn.cv.report import write_text
-from lit_cnn.cv.seal import check_resume, finished, seal
+from lit_cnn.cv.seal import check_resume, finished, new_run_dir, seal
 from lit_cnn.cv.trainer import FoldSetup, preflight
 from lit_cnn.data.loading import DataError
 from lit_cnn.models.modules import CNNModule
@@ -127,29 +127,34 @@ class KFoldCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         add_shared_arguments(parser)
-        parser.add_argument(
-            "--early_break",
-            type=bool,
-            default=False,
-            help="Train only the first fold (the notebook's single train/validation round).",
-        )
-        parser.add_argument(
-            "--run_name",
-            type=str | None,
-            default=None,
-            help="Name of the run directory (default: the next version_N).",
-        )
-        parser.add_argument(
-            "--fold_parallel",
-            type=bool,
-            default=False,
-            help="Under torchrun: rank r trains folds r, r+W, ... on its own device.",
-        )
-        parser.add_argument(
-            "--resume",
-            type=str | None,
-            default=None,
-            help="Continue the run in this run directory with its saved configuration.",
+        add_options(
+            parser,
+            [
+                (
+                    "--early_break",
+                    bool,
+                    False,
+                    "Train only the first fold (the notebook's single train/validation round).",
+                ),
+                (
+                    "--run_name",
+                    str | None,
+                    None,
+                    "Name of the run directory (default: the next version_N).",
+                ),
+                (
+                    "--fold_parallel",
+                    bool,
+                    False,
+                    "Under torchrun: rank r trains folds r, r+W, ... on its own device.",
+                ),
+                (
+                    "--resume",
+                    str | None,
+                    None,
+                    "Continue the run in this run directory with its saved configuration.",
+                ),
+            ],
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -306,3 +306,9 @@ def _diagnose(parser: Any, groups: list[list[str]], done: list[str]) -> str:
             return _message(parser, done, unit[0])
         done += flat
     return "invalid options (see --help)"
+
+
+def add_options(parser: Any, options: Sequence[tuple[str, Any, Any, str]]) -> None:
+    """Adds ``(name, type, default, help)`` options to ``parser``."""
+    for name, hint, default, text in options:
+        parser.add_argument(name, type=hint, default=default, help=text)

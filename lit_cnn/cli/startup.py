@@ -23,8 +23,8 @@ def collector_paused() -> Iterator[None]:
 
     On exit everything alive is moved out of the collector's generations (``gc.freeze``),
     so later collections do not scan the imported modules, and the collector is switched
-    back on if it was on. The few cycles left unreachable by the imports (about 12,000
-    objects, a few MB) stay in memory: collecting them costs 0.3 s.
+    back on if it was on. The few cycles the imports left unreachable stay in memory:
+    collecting them would cost more than they weigh.
     """
     enabled = gc.isenabled()
     gc.disable()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import re
 import shutil
 import sys
 import time
@@ -42,34 +41,7 @@ from lit_cnn.cv.trainer import FoldSetup, build_trainer, tensorboard_loggers
 from lit_cnn.data.loading import to_float
 from lit_cnn.models.modules import CNNModule
 
-__all__ = ["FoldSetup", "new_run_dir", "run_kfold", "train_fold", "train_folds", "summarize"]
-
-
-def new_run_dir(root: str | Path | None, model: str, run_name: str | None = None) -> Path:
-    """Creates and returns ``<root>/lightning_logs/<model>/<run_name or version_N>``.
-
-    Never reuses a directory: ``version_N`` takes the next free N, and an existing
-    ``run_name`` is an error.
-
-    Raises:
-        FileExistsError: ``run_name`` names an existing directory.
-    """
-    parent = Path(root or ".") / "lightning_logs" / model
-    parent.mkdir(parents=True, exist_ok=True)
-    if run_name:
-        run_dir = parent / run_name
-        run_dir.mkdir()  # FileExistsError if it exists: never overwrite a run
-        return run_dir
-    taken = [
-        int(m.group(1)) for p in parent.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))
-    ]
-    n = max(taken, default=-1) + 1
-    while True:
-        try:
-            (parent / f"version_{n}").mkdir()
-            return parent / f"version_{n}"
-        except FileExistsError:  # another process took it meanwhile
-            n += 1
+__all__ = ["FoldSetup", "run_kfold", "train_fold", "train_folds", "summarize"]
 
 
 def _versions() -> dict[str, str]:
@@ -395,8 +367,8 @@ def run_kfold(
         build: Returns a fresh :class:`FoldSetup` for fold ``i``; called once per fold, after
             the fold's seed is set.
         dm: The DataModule holding the data and the folds.
-        run_dir: The run directory (see :func:`new_run_dir`); folds recorded in it already
-            are not retrained.
+        run_dir: The run directory (see :func:`lit_cnn.cv.seal.new_run_dir`); folds recorded
+            in it already are not retrained.
         model_name: The architecture's name, for the records.
         config: The configuration to store in results.json.
         early_break: Train only the first fold (the notebook's single train/validation round).

@@ -1,9 +1,8 @@
 """glibc allocator settings for training on the CPU.
 
-By default glibc returns large freed blocks (DeepCNN's activations are about 8 MB a batch) to
-the kernel and faults them in again on the next step: thousands of page faults per step,
-which made DeepCNN's training epoch 1.7x a plain loop's in ``scripts/bench.py``. Fixed
-thresholds keep such blocks in the process for reuse, at a few MB of peak memory.
+By default glibc returns large freed blocks (a batch's activations) to the kernel and faults
+them in again on the next step: thousands of page faults per step. Fixed thresholds keep such
+blocks in the process for reuse, at a little peak memory (measured: docs/performance.md).
 """
 
 from __future__ import annotations

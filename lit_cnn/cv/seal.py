@@ -1,4 +1,5 @@
-"""A run directory's seal: what ``--resume`` checks before it continues a run.
+"""Run directories: made once and never reused, and sealed: what ``--resume`` checks before
+it continues a run.
 
 When a run directory is made, ``seal.json`` records a hash of its config.yaml and the
 configuration itself. ``--resume`` refuses a run whose config.yaml was edited since (saying
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,33 @@ from lit_cnn.errors import UsageError
 
 SEAL = "seal.json"
 CONFIG = "config.yaml"
+
+
+def new_run_dir(root: str | Path | None, model: str, run_name: str | None = None) -> Path:
+    """Creates and returns ``<root>/lightning_logs/<model>/<run_name or version_N>``.
+
+    Never reuses a directory: ``version_N`` takes the next free N, and an existing
+    ``run_name`` is an error.
+
+    Raises:
+        FileExistsError: ``run_name`` names an existing directory.
+    """
+    parent = Path(root or ".") / "lightning_logs" / model
+    parent.mkdir(parents=True, exist_ok=True)
+    if run_name:
+        run_dir = parent / run_name
+        run_dir.mkdir()  # FileExistsError if it exists: never overwrite a run
+        return run_dir
+    taken = [
+        int(m.group(1)) for p in parent.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (parent / f"version_{n}").mkdir()
+            return parent / f"version_{n}"
+        except FileExistsError:  # another process took it meanwhile
+            n += 1
 
 
 def _sha256(path: Path) -> str:
