@@ -301,7 +301,9 @@ def test_the_run_prints_its_effective_optimizer_once(tmp_path, tiny_pkl, capsys)
 
 
 def test_fast_dev_run_runs_every_fold_and_keeps_nothing(tmp_path, tiny_pkl, capsys):
+    # Test batches of 64: the one batch fast_dev_run tests is a part of the test set.
     args = ["--data.path", str(tiny_pkl), "--trainer.fast_dev_run", "true"]
+    args += ["--data.eval_batch_size", "64"]
     args += ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
     assert cli_main(args) == 0
     out = capsys.readouterr().out

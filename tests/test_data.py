@@ -248,7 +248,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def denied(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(data, "open", denied, raising=False)
+    monkeypatch.setattr(unpickle, "open", denied, raising=False)  # where the file is opened
     refused(path, "permission denied")
 
 

@@ -310,8 +310,12 @@ def summarize(
     if free_data:
         dm.free_data()
     if ok:
-        mean_probs = torch.stack([p for _, p in outcomes if p is not None]).mean(dim=0)
-        ensemble = mean_probs.argmax(dim=1).numpy()
+        probs = [p for _, p in outcomes if p is not None]
+        # A limited test pass (fast_dev_run, limit_test_batches) scores the first images only,
+        # in test-set order: the ensemble is taken over those.
+        scored = min(len(p) for p in probs)
+        y_test = y_test[:scored]
+        ensemble = torch.stack([p[:scored] for p in probs]).mean(dim=0).argmax(dim=1).numpy()
     else:
         ensemble = np.full_like(y_test, -1)
     train_mean, train_std = mean_std([r["train_acc"] for r in ok])
