@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -245,6 +244,8 @@ BROKEN_YAML = "model:\n  class_path: ResNN\n  init_args: {lr: [1, 2\n"
         (["--trainer.callbacks", "EarlyStopping"], "EarlyStopping needs --trainer.callbacks.monitor"),
         (["--trainer.callbacks", "EarlyStopping", "--trainer.callbacks.monitr", "val/loss"], "EarlyStopping has no argument 'monitr'"),
         (["--model", "Nope"], "--model: unknown model 'Nope'; valid models: DeepCNN"),
+        (["--trainer.logger", "CSVLogger", "--trainer.logger.name", "mine"], "--trainer.logger.name: lit_cnn writes each fold's CSVLogger logs"),
+        (["--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "elsewhere"], "--trainer.logger.save_dir: lit_cnn writes"),
         (["--no_such_option", "1"], "--no_such_option: unknown option"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else "",
@@ -421,4 +422,3 @@ def test_compare_takes_the_same_options(tmp_path, tiny_pkl):
         assert (run_dir / "fold_1" / "metrics.csv").is_file()
         results = json.loads((run_dir / "results.json").read_text())
         assert results["loggers"] == ["CSVLogger"]
-    assert sys.executable  # the scripts ran with this interpreter

@@ -27,7 +27,7 @@ from lit_cnn.cli.checks import (
     spec_dict,
 )
 from lit_cnn.cli.kfold import TRAINER_DEFAULTS, add_shared_arguments, given_trainer_options
-from lit_cnn.cli.options import UsageError, diagnose
+from lit_cnn.cli.options import UsageError, diagnose, refuse_logger_save_dir
 from lit_cnn.cli.plumbing import fail, run_interruptibly, split_resume
 from lit_cnn.cv.datamodule import KFoldDataModule
 from lit_cnn.cv.report import write_text
@@ -255,6 +255,7 @@ def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def _parse(parser: LightningArgumentParser, argv: list[str]) -> Any:
     try:
+        refuse_logger_save_dir(argv)
         return parser.parse_args(argv)
     except ArgumentError:
         raise UsageError(diagnose(parser, argv)) from None

@@ -36,7 +36,7 @@ from lit_cnn.cli.checks import (
     check_values,
     spec_dict,
 )
-from lit_cnn.cli.options import UsageError, add_options, diagnose
+from lit_cnn.cli.options import UsageError, add_options, diagnose, refuse_logger_save_dir
 from lit_cnn.cli.plumbing import (
     CONFIG,
     RUN_DIR_ENV,
@@ -159,6 +159,7 @@ class KFoldCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
+            refuse_logger_save_dir(list(args))
             super().parse_arguments(parser, args)
         except ArgumentError:
             raise UsageError(diagnose(parser, list(args))) from None

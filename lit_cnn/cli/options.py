@@ -312,3 +312,27 @@ def add_options(parser: Any, options: Sequence[tuple[str, Any, Any, str]]) -> No
     """Adds ``(name, type, default, help)`` options to ``parser``."""
     for name, hint, default, text in options:
         parser.add_argument(name, type=hint, default=default, help=text)
+
+
+_SAVE_DIR = (
+    "--trainer.logger.save_dir: lit_cnn writes each fold's logs to <run directory>/fold_<i>; "
+    "choose the place with --trainer.default_root_dir and --run_name"
+)
+
+
+def refuse_logger_save_dir(argv: Sequence[str]) -> None:
+    """Refuses a logger ``save_dir`` on the command line or in a ``--config`` file.
+
+    It is linked to ``--trainer.default_root_dir`` (see ``add_shared_arguments``), and the
+    link would replace a given value without a word.
+    """
+    for group in option_groups(list(argv)):
+        name, value = _split(group)
+        if name in ("trainer.logger.save_dir", "trainer.logger.init_args.save_dir"):
+            raise UsageError(_SAVE_DIR)
+        if name == "config" and Path(value).is_file():
+            logger = (check_config_file(value).get("trainer") or {}).get("logger")
+            specs = logger if isinstance(logger, list) else [logger]
+            for spec in specs:
+                if isinstance(spec, dict) and "save_dir" in (spec.get("init_args") or {}):
+                    raise UsageError(f"--config {value}: " + _SAVE_DIR.removeprefix("--"))

@@ -175,21 +175,39 @@ def tensorboard_loggers(loggers: Sequence[Logger]) -> list[TensorBoardLogger]:
     return [lg for lg in loggers if isinstance(lg, TensorBoardLogger)]
 
 
-@dataclass
-class scheduler_probe:  # noqa: N801 (stands in for a scheduler in check_monitors' message)
-    monitor: str
-
-
-def check_monitors(callbacks: Sequence[Any], option: str = "--trainer.callbacks") -> None:
-    """Refuses callbacks that watch a metric lit_cnn never logs."""
+def check_monitor(monitor: str | None, owner: str, option: str) -> None:
+    """Refuses a callback or scheduler that watches a metric lit_cnn never logs."""
     logged = [m for m in LOGGED_METRICS if not m.startswith("test/")]
-    for callback in callbacks:
-        monitor = getattr(callback, "monitor", None)
-        if monitor is not None and monitor not in logged:
-            raise UsageError(
-                f"{option}: {type(callback).__name__} monitors {monitor!r}, which lit_cnn never "
-                f"logs; it logs {', '.join(logged)}"
-            )
+    if monitor is not None and monitor not in logged:
+        raise UsageError(
+            f"{option}: {owner} monitors {monitor!r}, which lit_cnn never logs; it logs "
+            f"{', '.join(logged)}"
+        )
+
+
+def check_logger_specs(logger: Any) -> None:
+    """Refuses a file logger's ``name`` or ``version``: the fold loop sets them (and
+    ``save_dir``, see ``refuse_logger_save_dir``), so every fold logs as its own version
+    inside the run directory."""
+    specs = logger if isinstance(logger, list) else [logger]
+    for spec in specs:
+        if not isinstance(spec, Namespace | dict):
+            continue
+        cls, kwargs = _spec(spec)
+        params = inspect.signature(cls).parameters
+        if not {"save_dir", "name", "version"} <= set(params):
+            continue
+        given = {
+            "name": kwargs.get("name") != params["name"].default,
+            "version": kwargs.get("version") != params["version"].default,
+        }
+        for key, set_by_user in given.items():
+            if set_by_user:
+                raise UsageError(
+                    f"--trainer.logger.{key}: lit_cnn writes each fold's {cls.__name__} logs to "
+                    "<run directory>/fold_<i>; choose the place with --trainer.default_root_dir "
+                    "and --run_name"
+                )
 
 
 def _first_line(err: BaseException) -> str:
@@ -211,11 +229,15 @@ def preflight(setup: FoldSetup, given: dict[str, Any], patience: int | None = No
     Raises:
         UsageError: The option and Lightning's reason, in one line.
     """
-    check_monitors(setup.callbacks)
+    for callback in setup.callbacks:
+        check_monitor(
+            getattr(callback, "monitor", None), type(callback).__name__, "--trainer.callbacks"
+        )
     scheduler = setup.model.lr_scheduler_spec or {}
-    monitor = (scheduler.get("init_args") or {}).get("monitor")
-    if monitor is not None:
-        check_monitors([scheduler_probe(monitor)], "--lr_scheduler.monitor")
+    check_monitor(
+        (scheduler.get("init_args") or {}).get("monitor"), "the scheduler", "--lr_scheduler.monitor"
+    )
+    check_logger_specs(setup.logger)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         try:
