@@ -229,11 +229,17 @@ def train_folds(
     folds: Sequence[int],
     patience: int | None = None,
     log: Callable[[str], None] = print,
+    after_fold: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[tuple[dict[str, Any], torch.Tensor | None]]:
     """Trains the given folds (or loads their records, if recorded earlier).
 
     A fold whose record exists is not retrained; one with a ``last.ckpt`` continues from it;
     any other starts afresh. Each record is written as soon as its fold ends (by rank 0).
+
+    Args:
+        after_fold: Called with each fold's record once it is trained or loaded, in order;
+            an exception it raises ends the run there (tune.py's pruning), the records on
+            disk kept.
 
     Returns:
         ``(record, test probabilities)`` of each fold, in the order of ``folds``.
@@ -245,6 +251,8 @@ def train_folds(
         if done is not None:  # recorded by an earlier, interrupted invocation: not retrained
             outcomes.append(done)
             log(f"Fold {fold + 1}/{dm.k}: recorded earlier, not retrained")
+            if after_fold is not None:
+                after_fold(done[0])
             continue
         last = fold_dir / "checkpoints" / "last.ckpt"
         damaged = _unreadable(last) if last.is_file() else None
@@ -280,6 +288,8 @@ def train_folds(
                     f"{record['fit_seconds']:.1f} s"
                 )
         outcomes.append((record, probs))
+        if after_fold is not None:
+            after_fold(record)
     return outcomes
 
 
@@ -364,6 +374,7 @@ def run_kfold(
     parallel: FoldParallel | None = None,
     free_data: bool = False,
     log: Callable[[str], None] = print,
+    after_fold: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any] | None:
     """Runs K-fold cross-validation and writes the run directory.
 
@@ -382,6 +393,7 @@ def run_kfold(
             drawn, so that the figures do not add to the run's peak memory; for a caller
             that has no further use for them.
         log: Where progress lines go.
+        after_fold: See :func:`train_folds` (not under ``parallel``).
 
     Returns:
         The contents of results.json on the rank that wrote it; ``None`` on other ranks.
@@ -392,7 +404,7 @@ def run_kfold(
         write_json(run_dir / "folds.json", {"val_indices": [v.tolist() for _, v in folds]})
     todo = list(range(1 if early_break else dm.k))
     if parallel is None:
-        outcomes = train_folds(build, dm, run_dir, todo, patience, log)
+        outcomes = train_folds(build, dm, run_dir, todo, patience, log, after_fold)
     else:
         gathered = parallel.gather(
             lambda: train_folds(build, dm, run_dir, parallel.my_folds(todo), patience, log)
