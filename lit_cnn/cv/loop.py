@@ -8,10 +8,12 @@ The run directory is ``<root>/lightning_logs/<model>/<run_name or version_N>/``:
 
     fold_<i>/            TensorBoard events, hparams.yaml, checkpoints/{best,last}.ckpt
     folds.json           validation indices of each fold
-    results.json         config, per-fold records, mean/std, ensemble accuracy, versions
+    oof_probs.npy        out-of-fold probabilities (N_train, 10), NaN rows for unscored images
+    results.json         config, per-fold records, mean/std, ensemble and out-of-fold accuracy
     summary.md           a row per fold and the mean +/- std row
     curves.png           loss and accuracy per epoch, train vs validation, per fold
     confusion_matrix.png the fold ensemble on the test set
+    oof_confusion_matrix.png  the out-of-fold predictions on the training set
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from lit_cnn import __version__
 from lit_cnn.cv.datamodule import KFoldDataModule
 from lit_cnn.cv.distributed import FoldParallel
 from lit_cnn.cv.malloc import release_free_memory
-from lit_cnn.cv.report import atomic_write, mean_std, notebook_summary, write_json, write_report
+from lit_cnn.cv.report import (
+    FoldProbs,
+    OutOfFold,
+    atomic_write,
+    mean_std,
+    notebook_summary,
+    write_json,
+    write_report,
+)
 from lit_cnn.cv.trainer import FoldSetup, build_trainer, tensorboard_loggers
 from lit_cnn.data.loading import to_float
 from lit_cnn.models.modules import CNNModule
@@ -56,14 +66,34 @@ def _device_name(dm: KFoldDataModule) -> str:
 
 
 @torch.inference_mode()
-def predict_proba(model: CNNModule, dm: KFoldDataModule, device: torch.device) -> torch.Tensor:
-    """Class probabilities (N_test, 10) of ``model`` on the whole test set, on the CPU."""
+def predict_proba(
+    model: CNNModule,
+    dm: KFoldDataModule,
+    device: torch.device,
+    train_indices: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Class probabilities of ``model``, on the CPU.
+
+    Args:
+        model: The model, put in eval mode here.
+        dm: The DataModule holding the images.
+        device: Where to compute.
+        train_indices: Score these training images, in this order; ``None`` scores the
+            whole test set.
+
+    Returns:
+        (N, 10) probabilities: N test images, or ``len(train_indices)`` training images.
+    """
     model.eval().to(device)
-    _, _, x_test, _ = dm.device_data(device)
+    x_train, _, x_test, _ = dm.device_data(device)
+    if train_indices is None:
+        images = x_test
+    else:
+        images = x_train[torch.as_tensor(train_indices, device=device)]
     out = torch.cat(
         [
-            model(to_float(x_test[i : i + dm.eval_batch_size], dm.data.scale))
-            for i in range(0, len(x_test), dm.eval_batch_size)
+            model(to_float(images[i : i + dm.eval_batch_size], dm.data.scale))
+            for i in range(0, len(images), dm.eval_batch_size)
         ]
     )
     # With softmax_output the network already ends in Softmax.
@@ -97,7 +127,7 @@ def train_fold(
     run_dir: Path,
     patience: int | None = None,
     ckpt_path: Path | None = None,
-) -> tuple[dict[str, Any], torch.Tensor | None, L.Trainer]:
+) -> tuple[dict[str, Any], FoldProbs | None, L.Trainer]:
     """Trains, checkpoints and tests one fold.
 
     Args:
@@ -109,8 +139,10 @@ def train_fold(
         ckpt_path: Continue from this checkpoint (model, optimizer, epoch and callbacks).
 
     Returns:
-        The fold's record, its best model's test-set probabilities (``None`` if the fold
-        diverged), and its Trainer.
+        The fold's record, its best model's probabilities (``None`` if the fold diverged or
+        on a DDP rank other than 0), and its Trainer. The probabilities are those of the
+        test set and of the fold's validation images (its out-of-fold predictions), in the
+        order of ``dm.folds[fold][1]``.
     """
     built = build_trainer(setup, run_dir, fold, patience)
     trainer, checkpoint = built.trainer, built.checkpoint
@@ -159,9 +191,16 @@ def train_fold(
     test = trainer.test(model, datamodule=dm, ckpt_path=best_path, verbose=False)[0]
     # Only the rank that records the fold needs the probabilities (for the ensemble). On one
     # device the test pass kept them; under DDP it saw a share per rank: score again.
-    probs = model.test_probs
-    if probs is None and trainer.is_global_zero:
-        probs = predict_proba(model, dm, trainer.strategy.root_device)
+    probs = None
+    if trainer.is_global_zero:
+        device = trainer.strategy.root_device
+        test_probs = model.test_probs
+        if test_probs is None:
+            test_probs = predict_proba(model, dm, device)
+        # One pass of the best model over the images it did not train on: the out-of-fold
+        # predictions (whatever limit_val_batches or fast_dev_run validated).
+        val_probs = predict_proba(model, dm, device, dm.folds[fold][1])
+        probs = FoldProbs(test_probs, val_probs)
     # The training metrics of the epoch the best pass validated (the last epoch's when the
     # pass came after the fit, as above).
     epoch_train = {h["epoch"]: h for h in history}.get(best["epoch"]) or (
@@ -194,21 +233,31 @@ def train_fold(
 
 RECORD = "record.json"
 PROBS = "test_probs.npy"
+VAL_PROBS = "val_probs.npy"
 
 
-def _save_fold(fold_dir: Path, record: dict[str, Any], probs: torch.Tensor | None) -> None:
+def _save_fold(fold_dir: Path, record: dict[str, Any], probs: FoldProbs | None) -> None:
     # Probabilities first: a record on disk means the fold is complete.
     if probs is not None:
-        atomic_write(fold_dir / PROBS, lambda f: np.save(f, probs.numpy()))
+        atomic_write(fold_dir / PROBS, lambda f: np.save(f, probs.test.numpy()))
+        if probs.val is not None:
+            atomic_write(fold_dir / VAL_PROBS, lambda f: np.save(f, probs.val.numpy()))
     write_json(fold_dir / RECORD, record)
 
 
-def _load_fold(fold_dir: Path) -> tuple[dict[str, Any], torch.Tensor | None] | None:
+def _load_fold(fold_dir: Path) -> tuple[dict[str, Any], FoldProbs | None] | None:
     if not (fold_dir / RECORD).is_file():
         return None
     record = json.loads((fold_dir / RECORD).read_text())
-    probs = None if record["diverged"] else torch.from_numpy(np.load(fold_dir / PROBS))
-    return record, probs
+    if record["diverged"]:
+        return record, None
+    # A fold recorded before out-of-fold predictions were kept has no val_probs.npy: its
+    # images stay unscored (NaN rows) rather than the fold being retrained.
+    val = fold_dir / VAL_PROBS
+    return record, FoldProbs(
+        torch.from_numpy(np.load(fold_dir / PROBS)),
+        torch.from_numpy(np.load(val)) if val.is_file() else None,
+    )
 
 
 def _unreadable(path: Path) -> str | None:
@@ -242,7 +291,8 @@ def train_folds(
             disk kept.
 
     Returns:
-        ``(record, test probabilities)`` of each fold, in the order of ``folds``.
+        ``(record, probabilities)`` of each fold, in the order of ``folds``; the
+        probabilities are ``None`` for a diverged fold.
     """
     outcomes = []
     for fold in folds:
@@ -296,7 +346,7 @@ def train_folds(
 def summarize(
     dm: KFoldDataModule,
     run_dir: Path,
-    outcomes: Sequence[tuple[dict[str, Any], torch.Tensor | None]],
+    outcomes: Sequence[tuple[dict[str, Any], FoldProbs | None]],
     *,
     model_name: str,
     config: dict[str, Any] | None = None,
@@ -317,10 +367,12 @@ def summarize(
     diverged = [r["fold"] for r in records if r["diverged"]]
     y_test = dm.data.y_test.numpy().copy()
     source, device = dm.source, _device_name(dm)
+    # Before free_data: it needs the training labels.
+    oof = OutOfFold.from_outcomes(dm.data.y_train.numpy(), [v for _, v in dm.folds], outcomes)
     if free_data:
         dm.free_data()
     if ok:
-        probs = [p for _, p in outcomes if p is not None]
+        probs = [p.test for _, p in outcomes if p is not None]
         # A limited test pass (fast_dev_run, limit_test_batches) scores the first images only,
         # in test-set order: the ensemble is taken over those.
         scored = min(len(p) for p in probs)
@@ -342,13 +394,19 @@ def summarize(
         "test_acc_mean": test_mean,
         "test_acc_std": test_std,
         "ensemble_test_acc": float((ensemble == y_test).mean()) if ok else None,
+        **oof.summary(),
         "diverged_folds": diverged,
         "loggers": list(dict.fromkeys(lg for r in records for lg in r.get("loggers", []))),
         "versions": _versions(),
         "device": device,
     }
     write_report(
-        run_dir, results, y_test, ensemble, tensorboard="TensorBoardLogger" in results["loggers"]
+        run_dir,
+        results,
+        y_test,
+        ensemble,
+        tensorboard="TensorBoardLogger" in results["loggers"],
+        oof=oof,
     )
     log("Final results:" if not early_break else "Results of the first fold:")
     if diverged:
@@ -359,6 +417,11 @@ def summarize(
     if ok:
         log(notebook_summary(results))
         log(f"Ensemble test accuracy: {results['ensemble_test_acc']:.4f}")
+    if oof.n_scored:
+        log(
+            f"Out-of-fold accuracy: {results['oof_acc']:.4f} "
+            f"({oof.n_scored} of {len(oof.labels)} training images)"
+        )
     return results
 
 

@@ -6,14 +6,125 @@ Every file is written atomically (see :mod:`lit_cnn.cv.files`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lit_cnn.cv.files import atomic_write, write_json, write_text
 
-__all__ = ["atomic_write", "write_json", "write_text", "write_report", "mean_std"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "FoldProbs",
+    "OutOfFold",
+    "atomic_write",
+    "write_json",
+    "write_text",
+    "write_report",
+    "mean_std",
+]
+
+OOF_PROBS = "oof_probs.npy"
+
+
+@dataclass(frozen=True)
+class FoldProbs:
+    """A fold's best model's class probabilities.
+
+    Attributes:
+        test: (N_test, 10) on the test set, in test-set order.
+        val: (n_val, 10) on the fold's validation images, in the order of its validation
+            indices; ``None`` for a fold recorded before they were kept.
+    """
+
+    test: torch.Tensor
+    val: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Out-of-fold predictions: each training image scored by the fold model that did not
+    train on it (the one it validated).
+
+    Attributes:
+        probs: (N_train, C) class probabilities in training-set order; NaN rows for images
+            no fold model scored (their fold diverged, was not run, or kept no
+            probabilities).
+        labels: (N_train,) the training labels.
+    """
+
+    probs: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def assemble(
+        cls, labels: np.ndarray, parts: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> OutOfFold:
+        """Places each fold's validation probabilities at its validation indices.
+
+        Args:
+            labels: (N_train,) training labels.
+            parts: ``(val_indices, probs)`` per scored fold; ``probs`` is
+                (len(val_indices), C), row i for image ``val_indices[i]``.
+
+        Raises:
+            ValueError: A part's shape does not match its indices, or an image is scored
+                twice (the folds would not be disjoint).
+        """
+        n_classes = parts[0][1].shape[1] if parts else int(labels.max(initial=9)) + 1
+        probs = np.full((len(labels), n_classes), np.nan, dtype=np.float32)
+        seen = np.zeros(len(labels), dtype=bool)
+        for idx, p in parts:
+            idx = np.asarray(idx, dtype=np.int64)
+            if p.shape != (len(idx), n_classes):
+                raise ValueError(f"{p.shape} probabilities for {len(idx)} validation images")
+            if seen[idx].any():
+                raise ValueError("an image is in two folds' validation sets")
+            seen[idx] = True
+            probs[idx] = p
+        return cls(probs, np.asarray(labels))
+
+    @classmethod
+    def from_outcomes(
+        cls,
+        labels: np.ndarray,
+        val_indices: Sequence[np.ndarray],
+        outcomes: Sequence[tuple[dict[str, Any], FoldProbs | None]],
+    ) -> OutOfFold:
+        """The out-of-fold predictions of a run's fold outcomes.
+
+        Args:
+            labels: (N_train,) training labels.
+            val_indices: Each fold's validation indices, by fold number.
+            outcomes: ``(record, probabilities)`` per fold trained or loaded.
+        """
+        parts = [
+            (val_indices[record["fold"]], probs.val.numpy())
+            for record, probs in outcomes
+            if probs is not None and probs.val is not None
+        ]
+        return cls.assemble(labels, parts)
+
+    @property
+    def scored(self) -> np.ndarray:
+        """(N_train,) bool: which images have predictions."""
+        return ~np.isnan(self.probs).any(axis=1)
+
+    @property
+    def n_scored(self) -> int:
+        """How many training images have predictions."""
+        return int(self.scored.sum())
+
+    def summary(self) -> dict[str, Any]:
+        """``oof_acc`` (over the scored images; ``None`` if none) and ``oof_scored``."""
+        mask = self.scored
+        acc = None
+        if mask.any():
+            acc = float((self.probs[mask].argmax(axis=1) == self.labels[mask]).mean())
+        return {"oof_acc": acc, "oof_scored": int(mask.sum())}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -62,6 +173,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
             "",
             f"Ensemble of the {len(ok)} fold models (averaged softmax): "
             f"test accuracy {results['ensemble_test_acc']:.4f}",
+        ]
+    if results.get("oof_acc") is not None:
+        lines += [
+            "",
+            f"Out-of-fold accuracy (each training image predicted by the fold model that "
+            f"validated on it): {results['oof_acc']:.4f} over {results['oof_scored']} images",
         ]
     if len(ok) < len(results["folds"]):
         lines += [
@@ -141,15 +258,34 @@ def write_report(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     tensorboard: bool = True,
+    oof: OutOfFold | None = None,
 ) -> None:
-    """Writes summary.md, curves.png, confusion_matrix.png and, last, results.json into
-    ``run_dir``; with ``tensorboard``, also the two figures and the summary as a TensorBoard
-    run at ``run_dir`` itself."""
+    """Writes the run's report files into ``run_dir``, results.json last.
+
+    Args:
+        run_dir: The run directory.
+        results: The contents of results.json.
+        y_true: The test labels the ensemble was scored on.
+        y_pred: The fold ensemble's test predictions.
+        tensorboard: Also show the figures and the summary as a TensorBoard run at
+            ``run_dir`` itself.
+        oof: The out-of-fold predictions: saved as oof_probs.npy, drawn as
+            oof_confusion_matrix.png over the images scored.
+    """
     write_text(run_dir / "summary.md", summary_markdown(results))
+    if oof is not None:
+        atomic_write(run_dir / OOF_PROBS, lambda f: np.save(f, oof.probs))
     figures = {"curves": curves_figure(results["folds"])}
     if results["ensemble_test_acc"] is not None:  # None: every fold diverged
         figures["confusion_matrix"] = confusion_figure(
             y_true, y_pred, f"{results['model']}: fold ensemble on the test set"
+        )
+    if oof is not None and oof.n_scored:
+        mask = oof.scored
+        figures["oof_confusion_matrix"] = confusion_figure(
+            oof.labels[mask],
+            oof.probs[mask].argmax(axis=1),
+            f"{results['model']}: out-of-fold, {oof.n_scored} training images",
         )
     # Each figure is drawn once: the PNG file and TensorBoard's image get the same pixels.
     pixels = {name: render(fig) for name, fig in figures.items()}
