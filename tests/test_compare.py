@@ -1,4 +1,5 @@
-"""Paired comparisons: the command end to end on tiny data, pairing, resume, refusals, analysis."""
+"""Paired comparisons: the command end to end on tiny data, pairing, resume, refusals, analysis
+(the Bayesian verdicts, McNemar on the test set, Holm across pairs, the 5x2cv F-test)."""
 
 import contextlib
 import io
@@ -11,12 +12,19 @@ import pytest
 from conftest import ROOT, script
 from scipy import stats as st
 
+from lit_cnn.analysis.bayes import bayesian_correlated_ttest
 from lit_cnn.analysis.compare import analyse
-from lit_cnn.analysis.stats import TTestResult, corrected_resampled_ttest
+from lit_cnn.analysis.stats import (
+    TTestResult,
+    corrected_resampled_ttest,
+    holm,
+    mcnemar_exact,
+)
 from lit_cnn.analysis.verdicts import format_p, verdict, write_comparison
 from lit_cnn.cli.compare import compare_main, resolve_hparams
 
 MODELS = ("ResNN", "ResNNBatch")
+QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
 def tiny_args(root, tiny_pkl, *extra):
@@ -64,12 +72,18 @@ def records(cmp_dir, model, rep):
 def test_the_comparison_directory_holds_every_file(comparison):
     cmp_dir, out, comp = comparison
     assert cmp_dir.parent.name == "compare" and cmp_dir.name == "version_0"
-    for name in ("compare.yaml", "comparison.json", "comparison.md", "comparison.png"):
+    for name in (
+        "compare.yaml",
+        "comparison.json",
+        "comparison.md",
+        "comparison.png",
+        "posterior_ResNNBatch_vs_ResNN.png",
+    ):
         assert (cmp_dir / name).stat().st_size > 0, name
     for model in MODELS:
         for rep in range(2):
             run = cmp_dir / model / f"rep_{rep}"
-            for name in ("results.json", "folds.json", "summary.md", "curves.png"):
+            for name in ("results.json", "folds.json", "summary.md", "curves.png", "oof_probs.npy"):
                 assert (run / name).is_file(), run / name
     assert (comp["scheme"], comp["k"], comp["repeats"], comp["seeds"]) == ("kfold", 2, 2, [0, 1])
     assert comp["models"] == list(MODELS)
@@ -80,14 +94,20 @@ def test_the_comparison_directory_holds_every_file(comparison):
 def test_verdicts_are_printed_and_written(comparison):
     cmp_dir, out, comp = comparison
     (pair,) = comp["pairs"]
-    assert (pair["a"], pair["b"]) == ("ResNNBatch", "ResNN")
+    assert (pair["a"], pair["b"]) == ("ResNN", "ResNNBatch")  # A listed first
     assert pair["verdict"].startswith("ResNNBatch vs ResNN: ")
     assert "95% CI" in pair["verdict"] and "at 5%" in pair["verdict"]
-    assert pair["verdict"] in out
+    assert pair["bayes_verdict"].startswith(("ResNNBatch ", "ResNN "))
+    assert pair["verdict"] in out and pair["bayes_verdict"] in out
+    assert out.index(pair["bayes_verdict"]) < out.index(pair["verdict"])
     assert out[-1] == str(cmp_dir)
     md = (cmp_dir / "comparison.md").read_text()
-    assert pair["verdict"] in md
-    assert "Which test to trust: the corrected resampled t-test" in md
+    # The Bayesian verdicts lead, then the frequentist ones.
+    assert md.index("## Bayesian verdicts") < md.index(pair["bayes_verdict"])
+    assert md.index(pair["bayes_verdict"]) < md.index("## Frequentist verdicts")
+    assert md.index("## Frequentist verdicts") < md.index(pair["verdict"])
+    assert "(posterior_ResNNBatch_vs_ResNN.png)" in md
+    assert "## McNemar" in md and "docs/comparing.md" in md
     assert md.count("\n| 0 | 0 | ") == 2 and md.count("\n| 1 | 1 | ") == 2  # 2 folds a rep
 
 
@@ -120,11 +140,70 @@ def test_the_tests_use_the_runs_scores(comparison):
     (pair,) = comp["pairs"]
     diffs = 100 * (np.array(val["ResNNBatch"]) - np.array(val["ResNN"]))
     expected = corrected_resampled_ttest(diffs, n_train=300, n_val=300)
-    assert pair["corrected"] == pytest.approx(expected.as_dict())
+    # One pair: Holm's adjustment leaves each p-value as it is.
+    assert pair["corrected"] == pytest.approx({**expected.as_dict(), "p_holm": expected.p})
     ref = st.ttest_rel(100 * np.array(test["ResNNBatch"]), 100 * np.array(test["ResNN"]))
     assert pair["paired_test"]["t"] == pytest.approx(ref.statistic)
     assert pair["paired_test"]["p"] == pytest.approx(ref.pvalue)
-    assert pair["dietterich"] is None
+    assert pair["dietterich"] is None and pair["f_test"] is None
+    bayes = bayesian_correlated_ttest(diffs, n_train=300, n_val=300, rope=1.0)
+    assert pair["bayes"] == pytest.approx(bayes.as_dict())
+    assert set(pair["bayes"]) == {
+        "rope",
+        "p_b_better",
+        "p_equivalent",
+        "p_a_better",
+        "mean",
+        "scale",
+        "df",
+        "n",
+    }
+
+
+def test_mcnemar_counts_the_fold_ensembles_discordant_test_images(comparison, tiny_pkl):
+    import lit_cnn
+
+    cmp_dir, _, comp = comparison
+    y_test = lit_cnn.load_dataset(tiny_pkl)[3].numpy()
+    (pair,) = comp["pairs"]
+    assert [row["repetition"] for row in pair["mcnemar"]] == [0, 1]
+    for row in pair["mcnemar"]:
+        right = {}
+        for m in MODELS:
+            run = cmp_dir / m / f"rep_{row['repetition']}"
+            probs = [np.load(run / f"fold_{f}" / "test_probs.npy") for f in range(2)]
+            right[m] = np.mean(probs, axis=0).argmax(1) == y_test
+        assert row["n01"] == int((~right["ResNN"] & right["ResNNBatch"]).sum())
+        assert row["n10"] == int((right["ResNN"] & ~right["ResNNBatch"]).sum())
+        assert row["p"] == pytest.approx(mcnemar_exact(row["n01"], row["n10"]))
+        assert row["p_holm"] == row["p"]
+        ensemble = comp["per_model"]["ResNN"]["ensemble_test_acc"][row["repetition"]]
+        assert right["ResNN"].mean() == pytest.approx(ensemble)
+
+
+def test_oof_accuracy_is_reported_per_repetition(comparison):
+    cmp_dir, _, comp = comparison
+    for m in MODELS:
+        runs = [json.loads((cmp_dir / m / f"rep_{r}" / "results.json").read_text()) for r in (0, 1)]
+        assert comp["per_model"][m]["oof_acc"] == [run["oof_acc"] for run in runs]
+        assert all(run["oof_scored"] == 600 for run in runs)
+
+
+def test_a_new_rope_reanalyses_without_training(comparison, tmp_path):
+    import shutil
+
+    cmp_dir, _, comp = comparison
+    copy = Path(shutil.copytree(cmp_dir, tmp_path / "rope"))
+    recs = sorted(copy.glob("*/rep_*/fold_*/record.json"))
+    before = {p: p.stat().st_mtime_ns for p in recs}
+    status, out = main_quietly(["--resume", str(copy), "--rope", "50", *QUIET])
+    assert status == 0
+    assert {p: p.stat().st_mtime_ns for p in recs} == before
+    (pair,) = json.loads((copy / "comparison.json").read_text())["pairs"]
+    assert pair["bayes"]["rope"] == 50
+    d = np.ravel(pair["val_diff"])
+    assert pair["bayes"] == pytest.approx(bayesian_correlated_ttest(d, 300, 300, 50).as_dict())
+    assert pair["corrected"] == comp["pairs"][0]["corrected"]  # the p-values stay
 
 
 def test_resume_retrains_nothing(comparison):
@@ -210,6 +289,8 @@ def test_early_break_is_refused_by_the_script(tmp_path, tiny_pkl):
         (["--scheme", "5x2cv", "--repeats", "5", "--data.k", "3"], "--scheme 5x2cv is 2-fold"),
         (["--scheme", "bogus"], "--scheme"),
         (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--rope", "-1"], "--rope: invalid value -1.0; expected a finite number >= 0"),
+        (["--rope", "nan"], "--rope: invalid value"),
         (["--model.lr", "-1"], "--model.lr: invalid value -1.0; expected a finite number > 0"),
         (["--hparams", "{ResNN: {lr: 0}}"], "--hparams.ResNN.lr must be"),
         (["--hparams", "{ResNN: {lrate: 1}}"], "--hparams.ResNN: unknown key 'lrate'"),
@@ -268,6 +349,12 @@ def test_verdict_reads_like_the_issue():
         "B vs A: +1.50 pt in the first fold (95% CI \u22120.50 to +3.50), p = 0.12: "
         "no significant difference at 5% (mean of all 10 folds +0.25 pt)"
     )
+    # Several pairs: the verdict rests on the Holm-adjusted p-value, both are shown.
+    adjusted = {**res.as_dict(), "p": 0.03, "p_holm": 0.09}
+    assert verdict("B", "A", adjusted, family=3) == (
+        "B vs A: +0.31 pt (95% CI \u22120.12 to +0.74), p = 0.03, Holm-adjusted over 3 pairs "
+        "p = 0.09: no significant difference at 5%"
+    )
     assert format_p(0.0496) == "p = 0.0496"  # not "0.05" for a p below 5%
     assert format_p(0.0004) == "p < 0.001"
 
@@ -313,22 +400,58 @@ def test_5x2cv_uses_dietterichs_test(tmp_path):
     b = a - 0.01 + rng.normal(0, 0.002, size=(5, 2))
     comp = analyse(fake_collected({"A": a, "B": b}, {"A": a, "B": b}, 2, 5), "5x2cv")
     (pair,) = comp["pairs"]
-    assert (pair["a"], pair["b"]) == ("B", "A")
+    assert (pair["a"], pair["b"]) == ("A", "B")
     d = 100 * (b - a)
     s2 = ((d - d.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
     t = d[0, 0] / np.sqrt(s2.mean())
     assert pair["dietterich"]["t"] == pytest.approx(t)
     assert pair["dietterich"]["p"] == pytest.approx(2 * st.t.sf(abs(t), 5))
-    assert comp["verdict_test"] == "5x2cv paired t-test"
-    assert f"p = {pair['dietterich']['p']:.2g}" in pair["verdict"] or "p < 0.001" in pair["verdict"]
+    # The verdict rests on the combined F-test: F = sum d^2 / (2 sum s_i^2), df 10 and 5.
+    f = (d**2).sum() / (2 * s2.sum())
+    assert pair["f_test"]["F"] == pytest.approx(f)
+    assert pair["f_test"]["p"] == pytest.approx(st.f.sf(f, 10, 5))
+    assert pair["f_test"]["p_holm"] == pair["f_test"]["p"]
+    assert comp["verdict_test"] == "combined 5x2cv F-test"
+    assert pair["verdict"].startswith("B vs A: mean ")
+    assert f"F = {f:.2f} (10 and 5 df), {format_p(pair['f_test']['p'])}" in pair["verdict"]
     # 5x2cv's corrected test: n_val/n_train = 1.
     corrected = corrected_resampled_ttest(d, 500, 500)
     assert pair["corrected"]["se"] == pytest.approx(corrected.se)
     comp.update(name="made-up", hparams={}, config={})
     write_comparison(tmp_path, comp)
     md = (tmp_path / "comparison.md").read_text()
-    assert "5x2cv paired t-test" in md and "Dietterich" in md
+    assert "5x2cv paired t-test" in md and "combined 5×2cv F-test" in md and "Alpaydın" in md
     assert (tmp_path / "comparison.png").stat().st_size > 0
+    assert (tmp_path / "posterior_B_vs_A.png").stat().st_size > 0
+
+
+def test_holm_adjusts_every_family_across_pairs_and_the_verdicts_use_it():
+    rng = np.random.default_rng(4)
+    base = rng.uniform(0.90, 0.92, size=(2, 5))
+    val = {
+        "A": base,
+        "B": base + 0.004 + rng.normal(0, 0.004, size=(2, 5)),
+        "C": base + 0.03 + rng.normal(0, 0.004, size=(2, 5)),
+    }
+    collected = fake_collected(val, val, 5, 2)
+    right = {m: [rng.random(50) < acc for acc in (0.7, 0.8)] for m in val}
+    collected["test_correct"] = right
+    comp = analyse(collected, rope=0.5)
+    assert [(p["a"], p["b"]) for p in comp["pairs"]] == [("A", "B"), ("A", "C"), ("B", "C")]
+    assert comp["holm_family"] == 3 and comp["rope"] == 0.5
+    for key in ("corrected", "paired_test"):
+        raw = [p[key]["p"] for p in comp["pairs"]]
+        assert [p[key]["p_holm"] for p in comp["pairs"]] == pytest.approx(list(holm(raw)))
+    for r in range(2):
+        rows = [p["mcnemar"][r] for p in comp["pairs"]]
+        assert [row["p_holm"] for row in rows] == pytest.approx(list(holm([x["p"] for x in rows])))
+    ab = comp["pairs"][0]
+    assert ab["mcnemar"][1]["n01"] == int((~right["A"][1] & right["B"][1]).sum())
+    for p in comp["pairs"]:
+        c = p["corrected"]
+        assert f"Holm-adjusted over 3 pairs {format_p(c['p_holm'])}" in p["verdict"]
+        assert ("significant at 5%," in p["verdict"]) == (c["p_holm"] < 0.05)
+        assert p["bayes"]["rope"] == 0.5
 
 
 def test_a_diverged_fold_drops_its_pairs():

@@ -50,9 +50,7 @@ def oof_run(tmp_path_factory, tiny_pkl):
     return run_dir, json.loads((run_dir / "results.json").read_text()), out
 
 
-def test_every_training_image_is_predicted_once_by_a_model_that_did_not_see_it(
-    oof_run, tiny_pkl
-):
+def test_every_training_image_is_predicted_once_by_a_model_that_did_not_see_it(oof_run, tiny_pkl):
     run_dir, results, _ = oof_run
     oof = np.load(run_dir / "oof_probs.npy")
     x_train, y_train, _, _ = lit_cnn.load_dataset(tiny_pkl)

@@ -1,4 +1,5 @@
-"""The significance tests against hand computations and scipy.stats.ttest_rel."""
+"""The significance tests against hand computations, printed tables and scipy.stats; Holm's
+adjustment against a worked example."""
 
 import math
 
@@ -6,7 +7,14 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from lit_cnn.analysis.stats import corrected_resampled_ttest, dietterich_5x2cv, paired_ttest
+from lit_cnn.analysis.stats import (
+    combined_5x2cv_ftest,
+    corrected_resampled_ttest,
+    dietterich_5x2cv,
+    holm,
+    mcnemar_exact,
+    paired_ttest,
+)
 
 # Two-sided 5% critical values of Student's t, from the printed tables.
 T975 = {1: 12.706, 2: 4.303, 5: 2.571}
@@ -125,3 +133,52 @@ def test_bad_input_is_refused():
         paired_ttest([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match=r"\(5, 2\)"):
         dietterich_5x2cv(np.zeros((2, 5)))
+
+
+def test_combined_ftest_by_hand():
+    p = np.array([[1.0, 3.0], [2.0, 2.0], [0.0, 4.0], [1.0, 1.0], [5.0, 3.0]])
+    # Sum of the squared differences 70; the s_i^2 are 2, 0, 8, 0, 2 (sum 12): F = 70/24.
+    res = combined_5x2cv_ftest(p)
+    assert res.F == pytest.approx(70 / 24)
+    assert (res.df1, res.df2) == (10, 5)
+    assert res.mean == pytest.approx(2.2)
+    assert res.p == pytest.approx(st.f.sf(70 / 24, 10, 5))
+
+
+def test_combined_ftest_at_the_tabled_critical_value():
+    # Pairs (m_i + 1, m_i - 1): s_i^2 = 2, so F = (2 sum m_i^2 + 10) / 20 = 0.5 + sum m_i^2/10.
+    # The printed table's 5% point of F(10, 5) is 4.735: sum m_i^2 = 42.35 reaches it.
+    m = math.sqrt(42.35)
+    p = np.array([[m + 1, m - 1], [1, -1], [1, -1], [1, -1], [1, -1]])
+    res = combined_5x2cv_ftest(p)
+    assert res.F == pytest.approx(4.735)
+    assert res.p == pytest.approx(0.05, abs=1e-4)
+    assert combined_5x2cv_ftest(np.zeros((5, 2))).p == 1.0
+    with pytest.raises(ValueError, match=r"\(5, 2\)"):
+        combined_5x2cv_ftest(np.zeros((2, 5)))
+
+
+def test_mcnemar_exact_by_hand():
+    # 6 discordant images, 1 of one kind: p = 2 * (C(6,0) + C(6,1)) / 2^6 = 14/64.
+    assert mcnemar_exact(1, 5) == pytest.approx(14 / 64)
+    assert mcnemar_exact(5, 1) == pytest.approx(14 / 64)
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(3, 3) == 1.0  # 2 * P(X <= 3) = 84/64, capped at 1
+    assert mcnemar_exact(0, 0) == 1.0  # no discordant image: no evidence
+    for n01, n10 in [(7, 19), (40, 25), (0, 3)]:
+        assert mcnemar_exact(n01, n10) == pytest.approx(st.binomtest(n01, n01 + n10).pvalue)
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact(-1, 2)
+
+
+def test_holm_worked_example():
+    # Sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06
+    # (an adjusted value never falls below the one before it).
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.2, 0.6]), [0.4, 0.6])
+    np.testing.assert_allclose(holm([0.3]), [0.3])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # 2 x 0.5 caps at 1, and 0.9 follows it
+    # A test not made (NaN) is not part of the family.
+    out = holm([0.01, np.nan, 0.04])
+    assert np.isnan(out[1]) and out[[0, 2]].tolist() == pytest.approx([0.02, 0.04])

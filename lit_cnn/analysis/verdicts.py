@@ -1,14 +1,15 @@
-"""What a comparison writes and prints: the verdicts in words, comparison.md, comparison.png,
+"""What a comparison writes and prints: the verdicts in words, comparison.md, the figures,
 comparison.json and the closing summary lines."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from lit_cnn.analysis.bayes import BayesResult, format_prob
+from lit_cnn.analysis.figures import comparison_figure, posterior_figure, posterior_name
 from lit_cnn.analysis.stats import TTestResult
 from lit_cnn.cv.report import save_figure, write_json, write_text
 
@@ -41,26 +42,46 @@ def format_p(p: float) -> str:
     return f"p = {text}"
 
 
-def verdict(a: str, b: str, res: TTestResult, overall_mean: float | None = None) -> str:
+def _holm_part(p: float, p_holm: float | None, family: int) -> tuple[str, float]:
+    """The p-value text, with Holm's adjusted value when several pairs were tested, and the
+    p-value the verdict rests on."""
+    if family > 1 and p_holm is not None:
+        return f"{format_p(p)}, Holm-adjusted over {family} pairs {format_p(p_holm)}", p_holm
+    return format_p(p), p
+
+
+def verdict(
+    a: str,
+    b: str,
+    res: TTestResult | Mapping[str, Any],
+    overall_mean: float | None = None,
+    family: int = 1,
+) -> str:
     """One line in plain words, e.g. ``B vs A: +0.31 pt (95% CI −0.12 to +0.74), p = 0.14:
     no significant difference at 5%``.
 
     Args:
         a: The later model; the difference is ``a - b``.
         b: The earlier model.
-        res: The test the verdict rests on.
+        res: The test the verdict rests on, or its dict (with ``p_holm`` when adjusted).
         overall_mean: For the 5x2cv test, whose estimate is one fold's difference: the mean
             of all ten differences, added at the end so that the single fold is not taken
             for the average.
+        family: How many pairs were tested; above 1 the verdict rests on ``res["p_holm"]``.
     """
+    p_holm = None
+    if not isinstance(res, TTestResult):
+        p_holm = res.get("p_holm")
+        res = TTestResult(**{f.name: res[f.name] for f in fields(TTestResult)})
     level = f"{round(100 * res.confidence)}%"
     where = " in the first fold" if overall_mean is not None else ""
+    p_text, p = _holm_part(res.p, p_holm, family)
     head = (
         f"{a} vs {b}: {signed(res.mean)} pt{where} ({level} CI {signed(res.ci_low)} to "
-        f"{signed(res.ci_high)}), {format_p(res.p)}"
+        f"{signed(res.ci_high)}), {p_text}"
     )
     pct = f"{round(100 * ALPHA)}%"
-    if not res.significant(ALPHA):
+    if not p < ALPHA:
         line = f"{head}: no significant difference at {pct}"
     else:
         line = f"{head}: significant at {pct}, {a if res.mean > 0 else b} is better"
@@ -69,27 +90,42 @@ def verdict(a: str, b: str, res: TTestResult, overall_mean: float | None = None)
     return line
 
 
+def ftest_verdict(a: str, b: str, f_test: Mapping[str, Any], family: int = 1) -> str:
+    """The combined 5x2cv F-test's verdict in one line, e.g. ``B vs A: mean +0.25 pt over the
+    10 folds, combined 5×2cv F = 1.62 (10 and 5 df), p = 0.31: no significant difference at
+    5%``.
+
+    Args:
+        a: The model listed first.
+        b: The model compared with it; the mean difference is ``b - a``.
+        f_test: The test's dict (with ``p_holm`` when adjusted).
+        family: How many pairs were tested; above 1 the verdict rests on ``p_holm``.
+    """
+    p_text, p = _holm_part(f_test["p"], f_test.get("p_holm"), family)
+    head = (
+        f"{b} vs {a}: mean {signed(f_test['mean'])} pt over the 10 folds, combined 5×2cv "
+        f"F = {f_test['F']:.2f} ({f_test['df1']} and {f_test['df2']} df), {p_text}"
+    )
+    pct = f"{round(100 * ALPHA)}%"
+    if not p < ALPHA:
+        return f"{head}: no significant difference at {pct}"
+    return f"{head}: significant at {pct}, {b if f_test['mean'] > 0 else a} is better"
+
+
 # ----------------------------------------------------------------------------- files
 
-TRUST = (
-    "Which test to trust: {which} The {j} validation-fold differences come from models "
-    "trained on overlapping resamples of the same {n} images (two folds of one repetition "
-    "share {shared} of their training images; repetitions reuse all of them), so they are "
-    "positively correlated and the plain variance of their mean, s²/J, is too small. "
-    "Nadeau and Bengio (2003) inflate it to (1/J + n_val/n_train)·s², here "
-    "(1/{j} + {nv:.0f}/{nt:.0f})·s². The plain paired t-test on the test-set scores treats "
-    "the {j} fold models as independent although they were trained on overlapping data and "
-    "are all scored on the same {ntest} test images; like any uncorrected test on resampled "
-    "scores it rejects a true null hypothesis far more often than 5% (Dietterich, 1998), so "
-    "it is shown for reference only."
-)
-TRUST_KFOLD = "the corrected resampled t-test, on which the verdicts rest."
-TRUST_5X2 = (
-    "Dietterich's 5×2cv paired t-test, on which the verdicts rest, or the corrected "
-    "resampled t-test beside it; not the plain paired t-test. Dietterich's test is built for "
-    "this design (t with 5 degrees of freedom) and keeps its 5% level, but its estimate is the "
-    "first fold's difference alone, so it has less power; the corrected test uses all ten "
-    "differences as an estimate."
+HOW_TO_READ = "How to read this: docs/comparing.md."
+REFERENCES = (
+    "References: Benavoli, Corani, Demšar and Zaffalon (2017), Time for a change: a tutorial "
+    "for comparing multiple classifiers through Bayesian analysis, JMLR 18; Corani and "
+    "Benavoli (2015), A Bayesian approach for comparing cross-validated algorithms on "
+    "multiple data sets, Machine Learning 100; Nadeau and Bengio (2003), Inference for the "
+    "generalization error, Machine Learning 52; Dietterich (1998), Approximate statistical "
+    "tests for comparing supervised classification learning algorithms, Neural Computation "
+    "10; Alpaydın (1999), Combined 5×2 cv F test for comparing supervised classification "
+    "learning algorithms, Neural Computation 11; Bouckaert and Frank (2004), Evaluating the "
+    "replicability of significance tests for comparing learning algorithms, PAKDD; Holm "
+    "(1979), A simple sequentially rejective multiple test procedure, Scand. J. Statistics 6."
 )
 
 
@@ -97,18 +133,75 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _p_cell(p: float | None) -> str:
+    if p is None:
+        return ""
+    return format_p(p).removeprefix("p = ").removeprefix("p ")
+
+
 def _test_row(label: str, scores: str, res: Mapping[str, Any] | None) -> str:
     if res is None:
-        return f"| {label} | {scores} | too few pairs | | | | | |"
+        return f"| {label} | {scores} | too few pairs | | | | | | |"
+    if "F" in res:  # the combined F-test: no interval; its estimate is the mean difference
+        return (
+            f"| {label} | {scores} | combined 5×2cv F-test | {signed(res['mean'])} | | "
+            f"F = {res['F']:.2f} | {res['df1']}, {res['df2']} | {_p_cell(res['p'])} | "
+            f"{_p_cell(res.get('p_holm'))} |"
+        )
     return (
         f"| {label} | {scores} | {res['test']} | {signed(res['mean'])} | "
-        f"{signed(res['ci_low'])} to {signed(res['ci_high'])} | {signed(res['t'])} | {res['df']} "
-        f"| {format_p(res['p']).removeprefix('p = ').removeprefix('p ')} |"
+        f"{signed(res['ci_low'])} to {signed(res['ci_high'])} | t = {signed(res['t'])} | "
+        f"{res['df']} | {_p_cell(res['p'])} | {_p_cell(res.get('p_holm'))} |"
     )
 
 
+def _bayes_section(comp: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"## Bayesian verdicts (correlated t-test on the validation-fold accuracies, ROPE "
+        f"±{comp['rope']:g} pt; a probability of {comp['bayes_decides']:g} decides)",
+        "",
+        *[f"- {p['bayes_verdict']}" for p in comp["pairs"]],
+        "",
+        "| B − A | mean (pt) | scale (pt) | df | p(B better) | p(equivalent) | p(A better) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in comp["pairs"]:
+        r = p["bayes"]
+        if r is None:
+            lines.append(f"| {p['b']} − {p['a']} | too few pairs | | | | | |")
+            continue
+        lines.append(
+            f"| {p['b']} − {p['a']} | {signed(r['mean'])} | {r['scale']:.2f} | {r['df']} | "
+            f"{format_prob(r['p_b_better'])} | {format_prob(r['p_equivalent'])} | "
+            f"{format_prob(r['p_a_better'])} |"
+        )
+    lines.append("")
+    lines += [f"![{p['b']} vs {p['a']}]({posterior_name(p['a'], p['b'])})" for p in comp["pairs"]]
+    return [*lines, ""]
+
+
+def _mcnemar_section(comp: Mapping[str, Any]) -> list[str]:
+    rows = [(p, row) for p in comp["pairs"] for row in p["mcnemar"]]
+    if not rows:
+        return []
+    lines = [
+        f"## McNemar's exact test on the {comp['n_test']} test images (fold ensembles, per "
+        "repetition)",
+        "",
+        "| B − A | repetition | only B right (n01) | only A right (n10) | p | p (Holm) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p, row in rows:
+        lines.append(
+            f"| {p['b']} − {p['a']} | {row['repetition']} | {row['n01']} | {row['n10']} | "
+            f"{_p_cell(row['p'])} | {_p_cell(row.get('p_holm'))} |"
+        )
+    return [*lines, ""]
+
+
 def comparison_markdown(comp: Mapping[str, Any]) -> str:
-    """The comparison as Markdown: verdicts, per-model table, per-pair tests, fold runs.
+    """The comparison as Markdown: the Bayesian verdicts, the frequentist verdicts, the
+    models, the per-pair tests, McNemar per repetition, the fold runs.
 
     Args:
         comp: The contents of comparison.json.
@@ -120,65 +213,64 @@ def comparison_markdown(comp: Mapping[str, Any]) -> str:
         else f"{k}-fold × {repeats} repetition{'s' if repeats > 1 else ''}"
     )
     seeds = ", ".join(str(s) for s in comp["seeds"])
+    family = comp["holm_family"]
+    adjusted = f", p-values Holm-adjusted over the {family} pairs" if family > 1 else ""
     lines = [
         f"# Comparison {comp.get('name', '')}: {', '.join(models)}",
         "",
         f"{design_text}, split seeds {seeds}; every model trained on the same folds. Data: "
         f"{comp['data']} ({comp['n_train_total']} training images; each fold trains on "
         f"{comp['n_fold_train']:.0f} and validates on {comp['n_fold_val']:.0f}; "
-        f"{comp['n_test']} test images).",
+        f"{comp['n_test']} test images). Differences B − A in percentage points, A listed "
+        f"first. {HOW_TO_READ}",
         "",
-        f"## Verdicts ({comp['verdict_test']} on the validation-fold accuracies, 95% CI, "
-        "differences in percentage points)",
+        *_bayes_section(comp),
+        f"## Frequentist verdicts ({comp['verdict_test']} on the validation-fold accuracies"
+        f"{adjusted})",
         "",
         *[f"- {p['verdict']}" for p in comp["pairs"]],
         "",
         "## Models",
         "",
         "| model | lr | L2 | optimizer | validation acc % (mean ± std) | test acc % "
-        "(mean ± std) | ensemble test acc % per repetition | fit s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(mean ± std) | ensemble test acc % per repetition | out-of-fold acc % per "
+        "repetition | fit s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in models:
         s, hp = comp["per_model"][m], comp.get("hparams", {}).get(m, {})
         val = f"{_pct(s['val_acc_mean'])} ± {_pct(s['val_acc_std'])}"
         test = f"{_pct(s['test_acc_mean'])} ± {_pct(s['test_acc_std'])}"
         ens = ", ".join(_pct(e) for e in s["ensemble_test_acc"])
+        oof = ", ".join(_pct(e) for e in s.get("oof_acc", []))
         lines.append(
             f"| {m} | {hp.get('lr', '')} | {hp.get('l2', '')} | {hp.get('optimizer', '')} | "
-            f"{val} | {test} | {ens} | {s['fit_seconds']:.0f} |"
+            f"{val} | {test} | {ens} | {oof} | {s['fit_seconds']:.0f} |"
         )
     lines += [
         "",
         "Mean ± population standard deviation over all "
         f"{k * repeats} fold runs. The validation accuracy is each fold's at its best epoch "
         "(lowest validation loss); the test accuracy is that epoch's model on the whole test "
-        "set; the ensemble averages the softmax of a repetition's fold models.",
+        "set; the ensemble averages the softmax of a repetition's fold models; the "
+        "out-of-fold accuracy scores each training image with the fold model that validated "
+        "on it.",
         "",
         "## Pairs",
         "",
-        "| pair (difference) | scores | test | estimate (pt) | 95% CI (pt) | t | df | p |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| B − A | scores | test | estimate (pt) | 95% CI (pt) | statistic | df | p | p (Holm) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in comp["pairs"]:
-        label = f"{p['a']} − {p['b']}"
+        label = f"{p['b']} − {p['a']}"
         n = p["n_pairs"]
         lines.append(_test_row(label, f"validation folds ({n} paired)", p["corrected"]))
         lines.append(_test_row("", f"test set ({n} paired fold models)", p["paired_test"]))
         if comp["scheme"] == "5x2cv":
             # Its estimate is the first fold's difference, not a mean.
             lines.append(_test_row("", "validation folds (5×2; first fold)", p["dietterich"]))
-    j = k * repeats
-    trust = TRUST.format(
-        which=TRUST_5X2 if comp["scheme"] == "5x2cv" else TRUST_KFOLD,
-        j=j,
-        n=comp["n_train_total"],
-        shared="none" if k == 2 else f"{k - 2}/{k - 1}",
-        nv=comp["n_fold_val"],
-        nt=comp["n_fold_train"],
-        ntest=comp["n_test"],
-    )
-    lines += ["", trust, "", "## Fold runs (accuracy %)", ""]
+            lines.append(_test_row("", "validation folds (5×2)", p["f_test"]))
+    lines += ["", *_mcnemar_section(comp), "## Fold runs (accuracy %)", ""]
     header = "| repetition | seed | fold | " + " | ".join(f"{m} val | {m} test" for m in models)
     lines += [header + " |", "|" + " --- |" * (3 + 2 * len(models))]
     for r in range(repeats):
@@ -188,84 +280,25 @@ def comparison_markdown(comp: Mapping[str, Any]) -> str:
                 s = comp["per_model"][m]
                 cells += [_pct(s["val_acc"][r][f]), _pct(s["test_acc"][r][f])]
             lines.append(f"| {r} | {comp['seeds'][r]} | {f} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "References: Nadeau and Bengio (2003), Inference for the generalization error, "
-        "Machine Learning 52; Dietterich (1998), Approximate statistical tests for comparing "
-        "supervised classification learning algorithms, Neural Computation 10; Bouckaert and "
-        "Frank (2004), Evaluating the replicability of significance tests for comparing "
-        "learning algorithms, PAKDD.",
-        "",
-    ]
+    lines += ["", REFERENCES, ""]
     return "\n".join(lines)
 
 
-def comparison_figure(comp: Mapping[str, Any]):  # -> matplotlib Figure
-    """Two panels, validation-fold and test accuracy per model: a point per fold run, the
-    same fold run joined across models, a bar at each model's mean.
-
-    Args:
-        comp: The contents of comparison.json.
-    """
-    from matplotlib.figure import Figure
-
-    models, k, repeats = comp["models"], comp["k"], comp["repeats"]
-    fig = Figure(figsize=(max(6.0, 2.2 * len(models) + 2), 4.5))
-    axes = fig.subplots(1, 2, sharey=False)
-    x = np.arange(len(models))
-    colors = [f"C{r % 10}" for r in range(repeats)]
-    for ax, key, title in zip(
-        axes,
-        ("val_acc", "test_acc"),
-        ("Validation fold (the corrected t-test's scores)", "Test set"),
-        strict=True,
-    ):
-        for r in range(repeats):
-            for f in range(k):
-                ys = [comp["per_model"][m][key][r][f] for m in models]
-                ys = [np.nan if y is None else 100 * y for y in ys]
-                ax.plot(
-                    x,
-                    ys,
-                    marker="o",
-                    color=colors[r],
-                    alpha=0.6,
-                    linewidth=1,
-                    label=f"repetition {r} (seed {comp['seeds'][r]})" if f == 0 else None,
-                )
-        means = [comp["per_model"][m][f"{key}_mean"] for m in models]
-        ax.scatter(
-            x,
-            [np.nan if v is None else 100 * v for v in means],
-            marker="_",
-            s=900,
-            color="black",
-            zorder=3,
-            label="mean",
-        )
-        ax.set_xticks(x, models, rotation=15)
-        ax.set_xlim(-0.5, len(models) - 0.5)
-        ax.set_title(title, fontsize="medium")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize="small")
-    fig.suptitle("Paired fold runs: each line is one fold of one repetition", fontsize="medium")
-    # Room at the bottom for the shared legend.
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return fig
-
-
 def write_comparison(cmp_dir: Path, comp: Mapping[str, Any]) -> None:
-    """Writes comparison.json, comparison.md and comparison.png into ``cmp_dir``, atomically.
+    """Writes comparison.json, comparison.md, comparison.png and a posterior plot per pair
+    into ``cmp_dir``, atomically.
 
     Args:
         cmp_dir: The comparison directory.
-        comp: The comparison (see :func:`analyse`).
+        comp: The comparison (see :func:`lit_cnn.analysis.pairs.analyse`).
     """
-    write_json(cmp_dir / "comparison.json", comp)
-    write_text(cmp_dir / "comparison.md", comparison_markdown(comp))
     save_figure(comparison_figure(comp), cmp_dir / "comparison.png")
+    for p in comp["pairs"]:
+        if p["bayes"] is not None:
+            fig = posterior_figure(p["a"], p["b"], BayesResult(**p["bayes"]))
+            save_figure(fig, cmp_dir / posterior_name(p["a"], p["b"]))
+    write_text(cmp_dir / "comparison.md", comparison_markdown(comp))
+    write_json(cmp_dir / "comparison.json", comp)
 
 
 def summary_lines(comp: Mapping[str, Any]) -> list[str]:
@@ -283,6 +316,11 @@ def summary_lines(comp: Mapping[str, Any]) -> list[str]:
             f"test {_pct(s['test_acc_mean'])} ± {_pct(s['test_acc_std'])} %, "
             f"ensemble {ens} %"
         )
+    lines.append(
+        f"Bayesian verdicts (validation folds, ROPE ±{comp['rope']:g} pt; "
+        "undecided: p(B better) / p(equivalent) / p(A better)):"
+    )
+    lines += [p["bayes_verdict"] for p in comp["pairs"]]
     lines.append(f"Verdicts ({comp['verdict_test']}, validation folds):")
     lines += [p["verdict"] for p in comp["pairs"]]
     return lines

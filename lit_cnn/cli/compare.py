@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -209,6 +210,14 @@ def build_parser() -> LightningArgumentParser:
         help="kfold: repeated K-fold; 5x2cv: Dietterich's 5 repetitions of 2-fold.",
     )
     parser.add_argument(
+        "--rope",
+        type=float,
+        default=1.0,
+        help="Half-width of the region of practical equivalence of the Bayesian verdicts, in "
+        "percentage points of accuracy (default 1). It changes only the analysis, so it may be "
+        "given with --resume.",
+    )
+    parser.add_argument(
         "--name",
         type=str | None,
         default=None,
@@ -240,9 +249,26 @@ def build_parser() -> LightningArgumentParser:
 # ----------------------------------------------------------------------------- command line
 
 
+def _take_rope(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Splits ``--rope X`` (or ``--rope=X``) off ``argv``: ``(the rope options, the rest)``."""
+    rope, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--rope" and i + 1 < len(argv):
+            rope += argv[i : i + 2]
+            i += 2
+            continue
+        (rope if argv[i].startswith("--rope=") else rest).append(argv[i])
+        i += 1
+    return rope, rest
+
+
 def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Takes ``--resume DIR`` out of ``argv``: DIR's saved configuration replaces the rest."""
-    resume, rest = split_resume(argv, "comparison")
+    """Takes ``--resume DIR`` out of ``argv``: DIR's saved configuration replaces the rest.
+
+    ``--rope`` may come with it: it changes the analysis, not the runs.
+    """
+    rope, others = _take_rope(argv)
+    resume, rest = split_resume(others, "comparison")
     if resume is None:
         return None, argv
     path = Path(resume)
@@ -250,7 +276,7 @@ def _split_resume(argv: list[str]) -> tuple[str | None, list[str]]:
         raise UsageError(f"--resume {resume}: no such directory")
     if not (path / CONFIG).is_file():
         raise UsageError(f"--resume {resume}: not a comparison directory (it has no {CONFIG})")
-    return resume, ["--config", str(path / CONFIG), *rest]
+    return resume, ["--config", str(path / CONFIG), *rest, *rope]
 
 
 def _parse(parser: LightningArgumentParser, argv: list[str]) -> Any:
@@ -285,6 +311,11 @@ def compare_main(args: list[str] | None = None) -> int:
                 "repetition, so that the models' scores are paired"
             )
         check_values(cfg)
+        if not (math.isfinite(cfg.rope) and cfg.rope >= 0):
+            raise UsageError(
+                f"--rope: invalid value {cfg.rope}; expected a finite number >= 0 "
+                "(percentage points)"
+            )
         check_run_name("name", cfg.name)
         check_optimizer_forms(cfg, ["model"])
         if cfg.optimizer and cfg.hparams:
@@ -363,6 +394,7 @@ def compare_main(args: list[str] | None = None) -> int:
                 datamodule=datamodule,
                 optimizer=optimizer,
                 lr_scheduler=lr_scheduler,
+                rope=cfg.rope,
             ),
             PROG,
             f"python scripts/compare.py --resume {cmp_dir}",
