@@ -229,6 +229,42 @@ def _parse(argv: list[str]) -> KFoldCLI:
     return cli
 
 
+def prepare(argv: list[str]) -> tuple[KFoldCLI, FoldSetup]:
+    """Parses and checks a kfold.py command line; writes nothing.
+
+    Every option is checked, the data loaded and split, and a first fold's Trainer built.
+
+    Args:
+        argv: Command-line arguments, without the program name.
+
+    Returns:
+        The parsed command line and the first fold's setup.
+
+    Raises:
+        UsageError, DataError: A bad option or data file, in one line.
+        ValueError: A value an architecture or the DataModule refused.
+    """
+    cli = _parse(argv)
+    cfg = cli.config
+    check_fold_loop(cfg.trainer)
+    dm: KFoldDataModule = cli.datamodule
+    train_idx, val_idx = dm.folds[0]  # loads and validates the data, makes the split
+    check_batch_limits(
+        cfg.trainer,
+        {
+            "train": -(-len(train_idx) // dm.batch_size),
+            "val": -(-len(val_idx) // dm.eval_batch_size),
+        },
+    )
+    if cfg.fold_parallel and str(cfg.trainer.strategy) not in ("auto", "None"):
+        raise UsageError(
+            "--fold_parallel trains each fold on one device: leave --trainer.strategy out"
+        )
+    setup = cli.fold_setup(0)
+    preflight(setup, given_trainer_options(cli.parser, cfg), cfg.patience)
+    return cli, setup
+
+
 def cli_main(args: list[str] | None = None) -> int:
     """Parses options, runs the folds and returns the exit status.
 
@@ -241,28 +277,12 @@ def cli_main(args: list[str] | None = None) -> int:
     quiet.install()
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        cli = _parse(argv)
-        cfg = cli.config
-        check_fold_loop(cfg.trainer)
-        dm: KFoldDataModule = cli.datamodule
-        train_idx, val_idx = dm.folds[0]  # loads and validates the data, makes the split
-        check_batch_limits(
-            cfg.trainer,
-            {
-                "train": -(-len(train_idx) // dm.batch_size),
-                "val": -(-len(val_idx) // dm.eval_batch_size),
-            },
-        )
-        if cfg.fold_parallel and str(cfg.trainer.strategy) not in ("auto", "None"):
-            raise UsageError(
-                "--fold_parallel trains each fold on one device: leave --trainer.strategy out"
-            )
-        setup = cli.fold_setup(0)
-        preflight(setup, given_trainer_options(cli.parser, cfg), cfg.patience)
+        cli, setup = prepare(argv)
     except (UsageError, DataError) as err:
         return fail(PROG, str(err))
     except ValueError as err:  # a value an architecture or the DataModule refused
         return fail(PROG, str(err).strip().splitlines()[0])
+    cfg, dm = cli.config, cli.datamodule
     model_name = type(cli.model).__name__
     resume = cli.resume_from
     if resume:

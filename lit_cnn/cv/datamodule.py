@@ -8,6 +8,7 @@ batches, scaled to float per batch: no per-image ``__getitem__``, no collate, no
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Callable, Iterator
 
@@ -150,12 +151,22 @@ class KFoldDataModule(L.LightningDataModule):
         self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._device_data: tuple[torch.device, Tensor, Tensor, Tensor, Tensor] | None = None
 
+    #: Loaded data by path, shared by every DataModule of the process while not None (see
+    #: :func:`share_loaded_data`): a tuning worker loads its data once for all its trials.
+    shared: dict[str | None, ImageData] | None = None
+
     @property
     def data(self) -> ImageData:
         """The loaded images and labels (loaded on first use, then kept)."""
         if self._data is None:
-            self._data = load_images(self.path)
-            release_free_memory()  # the file's buffers, freed after loading
+            shared = KFoldDataModule.shared
+            if shared is not None and self.path in shared:
+                self._data = shared[self.path]
+            else:
+                self._data = load_images(self.path)
+                release_free_memory()  # the file's buffers, freed after loading
+                if shared is not None:
+                    shared[self.path] = self._data
         return self._data
 
     @property
@@ -250,3 +261,17 @@ class KFoldDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> IndexBatches:
         return self._batches("test", shuffle=False)
+
+
+@contextlib.contextmanager
+def share_loaded_data() -> Iterator[None]:
+    """Within it, every DataModule reads a given path once per process, then shares it.
+
+    The shared images are read-only to the fold loop (batches are index slices of them).
+    """
+    previous = KFoldDataModule.shared
+    KFoldDataModule.shared = {} if previous is None else previous
+    try:
+        yield
+    finally:
+        KFoldDataModule.shared = previous
