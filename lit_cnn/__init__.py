@@ -19,6 +19,8 @@ _EXPORTS = {
     "get_model_class": "lit_cnn.models.modules",
     "CNNModule": "lit_cnn.models.modules",
     "layer_table": "lit_cnn.models.shapes",
+    "load_ensemble": "lit_cnn.predict.ensemble",
+    "preprocess": "lit_cnn.predict.images",
 }
 
 __all__ = [
@@ -30,12 +32,16 @@ __all__ = [
     "layer_table",
     "list_models",
     "load_dataset",
+    "load_ensemble",
+    "preprocess",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from lit_cnn.data.loading import DataError, load_dataset
     from lit_cnn.models.modules import CNNModule, get_model, get_model_class, list_models
     from lit_cnn.models.shapes import layer_table
+    from lit_cnn.predict.ensemble import load_ensemble
+    from lit_cnn.predict.images import preprocess
 
 
 def __getattr__(name: str) -> Any:
