@@ -10,6 +10,9 @@ MNIST, Fashion-MNIST and KMNIST are distributed. The output is a pickle of
 ``((X_train, y_train), (X_test, y_test))`` with uint8 images of 32 x 32 pixels (28 x 28 digits
 zero-padded by 2 on each side) and int64 labels.
 
+lit_cnn itself reads an IDX folder as it is (``--data.path IDX_DIR``); this script is for the
+homework notebook, which reads only its own pickle.
+
 Errors are reported on one line, ``prepare_data.py: error: <what>``, with exit status 2.
 Needs lit_cnn installed (``pip install -e .``).
 """

@@ -10,6 +10,9 @@ homework notebook (and :func:`lit_cnn.data.loading.load_dataset`) reads::
 with images uint8 of shape (N, 32, 32), 28 x 28 digits zero-padded by 2 pixels on each side,
 and labels int64.
 
+:func:`read_idx_pair` reads one set unpadded, for :mod:`lit_cnn.data.formats`, which loads an
+IDX folder directly.
+
 This module needs only the standard library and numpy, so that ``scripts/prepare_data.py``
 starts quickly.
 """
@@ -36,6 +39,7 @@ __all__ = [
     "find_idx_file",
     "read_idx",
     "read_idx_dir",
+    "read_idx_pair",
     "write_notebook_pickle",
 ]
 
@@ -54,6 +58,7 @@ _IMAGES_MAGIC = 0x0803
 _LABELS_MAGIC = 0x0801
 _SIDE = 32
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
 # Protocol 4 is readable by every Python 3.4+; numpy arrays need nothing newer.
 _PROTOCOL = 4
 
@@ -89,19 +94,43 @@ def find_idx_file(idx_dir: Path, stem: str) -> Path:
     raise _error(plain, f"no such file (nor {stem}.gz)")
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path) -> bytes | bytearray:
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            # Decided by content rather than by name, so a gzipped file without .gz (or the
+            # reverse) still reads.
+            if file.read(2) != _GZIP_MAGIC:
+                file.seek(0)
+                return file.read()
+            file.seek(0)
+            with gzip.GzipFile(fileobj=file) as stream:
+                return _inflate(stream, path)
     except OSError as exc:
+        if isinstance(exc, gzip.BadGzipFile):
+            raise _error(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from None
         raise _error(path, f"cannot read: {exc.strerror or exc}") from None
-    # Decided by content rather than by name, so a gzipped file without .gz (or the reverse)
-    # still reads.
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (EOFError, zlib.error) as exc:
         raise _error(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from None
+
+
+def _inflate(stream: gzip.GzipFile, path: Path) -> bytes | bytearray:
+    # Inflates no more than the header says the file holds, plus one byte to tell a file that
+    # is too long: a gzip bomb stops there, a chunk at a time, instead of filling memory.
+    head = stream.read(4)
+    if len(head) < 4:
+        return head
+    ndim = head[3]
+    head += stream.read(4 * ndim)
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(head) < 4 + 4 * ndim or head[2] != _UBYTE:
+        return head  # read_idx reports the short header or the wrong magic number
+    limit = len(head) + int(np.prod(dims, dtype=np.float64)) + 1
+    data = bytearray(head)
+    while len(data) < limit and (chunk := stream.read(min(_CHUNK, limit - len(data)))):
+        data += chunk
+    if len(data) == limit:
+        raise _error(path, "too long: it decompresses to more bytes than its header promises")
+    return data
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -146,7 +175,24 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_pair(idx_dir: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(
+    idx_dir: str | os.PathLike[str], part: str, pad: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the images and labels of one set from a directory of IDX files.
+
+    Args:
+        idx_dir: The directory holding the IDX files.
+        part: ``"train"`` or ``"test"``.
+        pad: Zero-pad 28 x 28 images to 32 x 32 (as the notebook's file holds them); else
+            return them as the file holds them, read-only.
+
+    Returns:
+        ``(X, y)``: images uint8 (N, 32, 32), or (N, 28, 28) unpadded; labels int64.
+
+    Raises:
+        IdxError: A file is missing or invalid, or image and label counts differ.
+    """
+    idx_dir = Path(idx_dir)
     images_path = find_idx_file(idx_dir, IDX_FILES[f"{part}_images"])
     labels_path = find_idx_file(idx_dir, IDX_FILES[f"{part}_labels"])
     images = read_idx(images_path, _IMAGES_MAGIC)
@@ -160,6 +206,8 @@ def _read_pair(idx_dir: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
         raise _error(images_path, f"{n} images, but {labels_path} has {len(labels)} labels")
     if labels.max() > 9:
         raise _error(labels_path, f"labels must be 0-9, found {labels.max()}")
+    if not pad or rows == _SIDE:
+        return images, labels.astype(np.int64)
     padded = np.zeros((n, _SIDE, _SIDE), dtype=np.uint8)
     lo = (_SIDE - rows) // 2
     padded[:, lo : lo + rows, lo : lo + cols] = images
@@ -185,7 +233,7 @@ def read_idx_dir(
         raise _error(idx_dir, "no such directory")
     if not idx_dir.is_dir():
         raise _error(idx_dir, "not a directory")
-    return _read_pair(idx_dir, "train"), _read_pair(idx_dir, "test")
+    return read_idx_pair(idx_dir, "train"), read_idx_pair(idx_dir, "test")
 
 
 class _PortablePickler(pickle.Pickler):
