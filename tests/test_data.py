@@ -236,9 +236,10 @@ def test_missing_file(tmp_path):
     refused(tmp_path / "nope.pkl", "no such file")
 
 
-def test_directory(tmp_path):
+def test_directory_without_idx_files(tmp_path):
+    # A directory is read as a folder of IDX files (tests/test_data_formats.py).
     (tmp_path / "d.pkl").mkdir()
-    refused(tmp_path / "d.pkl", "is a directory")
+    refused(tmp_path / "d.pkl", "a directory without IDX files", "train-images-idx3-ubyte")
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
@@ -314,7 +315,7 @@ def replace_part(index: int, value):
 BAD_CONTENT = {
     "dict": ({"train": 1, "test": 2}, "expected (train, test)"),
     "1-tuple": ((dataset()[0],), "found a tuple of length 1"),
-    "3-tuple": ((*dataset(), dataset()[0]), "found a tuple of length 3"),
+    "4-tuple": ((*dataset(), *dataset()), "found a tuple of length 4"),
     "array": (np.zeros((2, 2)), "found a numpy array"),
     "train not a pair": ((np.zeros((4, 32, 32)), dataset()[1]), "train set must be an (X, y)"),
     "test 3-tuple": ((dataset()[0], (*dataset()[1], 1)), "test set must be an (X, y)"),
@@ -351,6 +352,14 @@ BAD_CONTENT = {
 @pytest.mark.parametrize("content,phrase", BAD_CONTENT.values(), ids=BAD_CONTENT.keys())
 def test_bad_content(tmp_path, content, phrase):
     refused(write(tmp_path / "bad.pkl", content), phrase)
+
+
+@pytest.mark.parametrize("name", [b"builtins\nbytes", b"builtins\nbytearray"])
+def test_bytes_of_a_declared_length_refused(tmp_path, name):
+    # bytes(n) would make n zero bytes that the file does not hold: 2 GB from 30 bytes.
+    path = tmp_path / "d.pkl"
+    path.write_bytes(b"\x80\x02c" + name + b"\nJ\xff\xff\xff\x7f\x85R.")
+    refused(path, "refused: a byte string declared by its length without its data")
 
 
 def test_object_array_refused_before_its_elements_are_built(tmp_path):

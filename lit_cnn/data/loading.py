@@ -1,9 +1,12 @@
-"""Image data for lit_cnn: the notebook's pickle format and the bundled MNIST sample.
+"""Image data for lit_cnn: the data files people have, validated alike, and the bundled sample.
 
-A data file is what the homework notebook read from ``Datasets/mnist.pkl``: a pickle of
-``(train, test)``, each an ``(X, y)`` pair of numpy arrays. The file is opened with a restricted
-unpickler that only builds numpy arrays, tuples and lists, so a hostile file is refused before
-any of its code can run.
+A data file is what the homework notebook read from ``Datasets/mnist.pkl``, a pickle of
+``(train, test)``, each an ``(X, y)`` pair of numpy arrays, or one of the formats that
+:mod:`lit_cnn.data.formats` recognises by content: a gzip-compressed pickle, the three-set
+``(train, valid, test)`` layout of deeplearning.net's ``mnist.pkl.gz`` (train and valid are
+merged into the training set), Keras' ``mnist.npz``, or a directory of IDX files. Pickles are
+opened with a restricted unpickler that only builds numpy arrays, tuples and lists, so a
+hostile file is refused before any of its code can run.
 
 Images are kept compact and unscaled (uint8 whenever the pixels allow it) and are turned into
 float32 network input by :func:`to_float`, with one scaling constant taken from the training
@@ -16,6 +19,7 @@ pull in Lightning or scikit-learn.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,13 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_cnn.data.unpickle import DataError, _error, _read_pickle, read_pickle
+from lit_cnn.data.formats import read_content, read_npz
+from lit_cnn.data.unpickle import DataError, _error, read_pickle
 
 __all__ = [
     "DEFAULT_PATH",
     "SAMPLE",
     "DataError",
     "ImageData",
+    "data_path",
     "load_dataset",
     "load_images",
     "pad_images",
@@ -45,6 +51,9 @@ DEFAULT_PATH = Path("Datasets/mnist.pkl")
 _SAMPLE_FILE = "mnist_sample.npz"
 _SIDE = 32
 _SHAPES_WANTED = "N x 32 x 32, N x 28 x 28, N x 784, or N x 1 x H x W with H = W = 28 or 32"
+# How ImageData.source records that a three-set file's train and valid sets were merged.
+_MERGED = " (train and valid merged: {} + {} training images)"
+_MERGED_RE = re.compile(r"(?P<path>.*) \(train and valid merged: \d+ \+ \d+ training images\)")
 
 
 @dataclass(eq=False)
@@ -62,7 +71,10 @@ class ImageData:
         y_test: Test labels, like ``y_train``.
         scale: The divisor that maps the training images to [0, 1]; applied to both sets by
             :func:`to_float`.
-        source: Where the data came from: the file's path, or ``"sample"``.
+        source: Where the data came from: the file's or directory's path, or ``"sample"``.
+            For a three-set file, the path followed by
+            ``" (train and valid merged: 50000 + 10000 training images)"`` (with its own
+            counts); :func:`load_images` and :func:`data_path` accept that form too.
     """
 
     x_train: torch.Tensor = field(repr=False)
@@ -111,25 +123,46 @@ def load_images(path: str | os.PathLike[str] | None = None) -> ImageData:
     """Load images and labels, unscaled and compact.
 
     Args:
-        path: A notebook-format pickle file; ``"sample"`` for the bundled MNIST sample; or
-            None for ``Datasets/mnist.pkl`` (relative to the working directory) if it exists,
-            else the bundled sample. A file that is really named ``sample`` in the working
-            directory can be reached as ``"./sample"``.
+        path: A data file (a pickle of ``(train, test)`` or ``(train, valid, test)``, gzipped
+            or not; an npz with Keras' keys) or a directory of IDX files, told apart by
+            content; ``"sample"`` for the bundled MNIST sample; or None for
+            ``Datasets/mnist.pkl`` (relative to the working directory) if it exists, else the
+            bundled sample. A file that is really named ``sample`` in the working directory
+            can be reached as ``"./sample"``. An :attr:`ImageData.source` is accepted too.
 
     Returns:
-        The data, with 28 x 28 images zero-padded to 32 x 32.
+        The data, stored unpadded (:func:`to_float` pads 28 x 28 images to 32 x 32).
 
     Raises:
-        DataError: The file is missing, unreadable, not a safe pickle of the expected
-            structure, or holds invalid images or labels.
+        DataError: The file is missing, unreadable, of no known format, refused (a pickle
+            that names anything but arrays, a gzip bomb), or holds invalid images or labels.
     """
     if path is None:
         path = DEFAULT_PATH if DEFAULT_PATH.exists() else SAMPLE
     if os.fspath(path) == SAMPLE:
         return _load_sample()
-    source = os.fspath(path)
-    content = _read_pickle(Path(path), source)
-    return _build(*_split(content, source), source)
+    source = data_path(os.fspath(path))
+    content = read_content(Path(source), source)
+    *arrays, merged = _split(content, source)
+    data = _build(*arrays, source)
+    if merged is not None:
+        data.source = source + _MERGED.format(*merged)
+    return data
+
+
+def data_path(source: str) -> str:
+    """The file or directory that an :attr:`ImageData.source` names.
+
+    Args:
+        source: A path, ``"sample"``, or a source with a note of merged sets.
+
+    Returns:
+        ``source`` without the note, unless a file of that very name exists.
+    """
+    match = _MERGED_RE.fullmatch(source)
+    if match is None or os.path.exists(source):
+        return source
+    return match["path"]
 
 
 def load_dataset(
@@ -167,15 +200,20 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _split(content: Any, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    # Checks the (train, test) / (X, y) nesting and returns the four arrays.
-    if not isinstance(content, (tuple, list)) or len(content) != 2:
+def _split(
+    content: Any, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int] | None]:
+    # Checks the (train, test) or (train, valid, test) nesting of (X, y) pairs; returns the
+    # four arrays, train and valid merged, and the sizes merged (None for two sets).
+    if not isinstance(content, (tuple, list)) or len(content) not in (2, 3):
         raise _error(
             source,
-            f"expected (train, test), a pair of (X, y) pairs; found {_describe(content)}",
+            "expected (train, test) or (train, valid, test), each an (X, y) pair; "
+            f"found {_describe(content)}",
         )
+    parts = ("train", "test") if len(content) == 2 else ("train", "valid", "test")
     arrays: list[np.ndarray] = []
-    for part, pair in zip(("train", "test"), content, strict=True):
+    for part, pair in zip(parts, content, strict=True):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise _error(source, f"the {part} set must be an (X, y) pair; found {_describe(pair)}")
         for what, array in zip(("images", "labels"), pair, strict=True):
@@ -184,8 +222,31 @@ def _split(content: Any, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
                     source, f"{part} {what} must be a numpy array; found {_describe(array)}"
                 )
             arrays.append(array)
-    x_train, y_train, x_test, y_test = arrays
-    return x_train, y_train, x_test, y_test
+    if len(parts) == 2:
+        x_train, y_train, x_test, y_test = arrays
+        return x_train, y_train, x_test, y_test, None
+    x_train, y_train, x_valid, y_valid, x_test, y_test = arrays
+    x_train, y_train, sizes = _merge(x_train, y_train, x_valid, y_valid, source)
+    return x_train, y_train, x_test, y_test, sizes
+
+
+def _merge(
+    x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray, source: str
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    # Train and valid together are MNIST's own 60,000 training images, which the folds split:
+    # a held-out validation set of its own would only shrink what each fold trains on.
+    x_train = _check_images(x_train, "train", source)
+    x_valid = _check_images(x_valid, "valid", source)
+    y_train = _check_labels(y_train, len(x_train), "train", source)
+    y_valid = _check_labels(y_valid, len(x_valid), "valid", source)
+    if x_train.shape[1:] != x_valid.shape[1:]:
+        raise _error(
+            source,
+            f"train and valid images differ in size: {x_train.shape[2]} x {x_train.shape[3]} "
+            f"and {x_valid.shape[2]} x {x_valid.shape[3]}",
+        )
+    sizes = (len(x_train), len(x_valid))
+    return np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), sizes
 
 
 def _check_dtype(array: np.ndarray, what: str, source: str) -> None:
@@ -315,15 +376,14 @@ def _build(
 
 def _load_sample() -> ImageData:
     sample = resources.files(__package__).joinpath("sample", _SAMPLE_FILE)
-    names = ("x_train", "y_train", "x_test", "y_test")
     try:
-        # allow_pickle=False: the sample is plain .npy arrays and needs no unpickler at all.
-        with sample.open("rb") as file, np.load(file, allow_pickle=False) as npz:
-            arrays = [npz[name] for name in names]
+        # The sample is an npz of Keras' layout: plain .npy arrays, needing no unpickler.
+        with sample.open("rb") as file:
+            (x_train, y_train), (x_test, y_test) = read_npz(file, SAMPLE)
     except FileNotFoundError:
         raise _error(SAMPLE, f"the bundled sample file {_SAMPLE_FILE} is missing") from None
-    except (OSError, KeyError, ValueError) as exc:
+    except DataError as exc:
         raise _error(
             SAMPLE, f"the bundled sample file {_SAMPLE_FILE} is unreadable ({exc})"
         ) from None
-    return _build(*arrays, SAMPLE)
+    return _build(x_train, y_train, x_test, y_test, SAMPLE)

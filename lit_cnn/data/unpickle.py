@@ -94,8 +94,8 @@ _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     # "latin1"), and empty bytes or a bytearray as a call to the type. Python 2 pickles spell
     # the builtins module __builtin__.
     ("_codecs", "encode"): lambda: codecs.encode,
-    ("builtins", "bytes"): lambda: bytes,
-    ("__builtin__", "bytes"): lambda: bytes,
+    ("builtins", "bytes"): lambda: _bytes,
+    ("__builtin__", "bytes"): lambda: _bytes,
     ("builtins", "bytearray"): lambda: _buffer,
     ("__builtin__", "bytearray"): lambda: _buffer,
 }
@@ -134,12 +134,25 @@ def _new_array(
     return np.ndarray(shape, dtype, buffer)
 
 
+def _no_size(args: tuple[Any, ...]) -> None:
+    # bytes(n) and bytearray(n) make n zero bytes: memory that the file does not hold.
+    if args and isinstance(args[0], int):
+        raise _Refused("a byte string declared by its length without its data")
+
+
+def _bytes(*args: Any) -> bytes:
+    # Stands in for bytes: protocols 0-2 write empty bytes as bytes().
+    _no_size(args)
+    return bytes(*args)
+
+
 def _buffer(*args: Any) -> bytes | bytearray:
     # Stands in for bytearray, which pickles use to hand an array its raw bytes (so does
     # scripts/prepare_data.py). bytearray(b) would copy b while the unpickler still holds b:
     # twice the images in memory. The array gets the bytes themselves instead, read-only.
     if len(args) == 1 and isinstance(args[0], bytes):
         return args[0]
+    _no_size(args)
     return bytearray(*args)
 
 
@@ -154,17 +167,22 @@ class _SafeUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:
-        resolve = _ALLOWED.get((module, name))
-        if resolve is not None:
-            return resolve()
-        if not (_DOTTED_NAME.fullmatch(module) and _DOTTED_NAME.fullmatch(name)):
-            # Text that happens to start like a GLOBAL opcode: report it as not being a
-            # pickle at all, rather than quote the garbage as a name.
-            raise pickle.UnpicklingError("it names a global that is not a Python name")
-        raise _Refused(
-            f"the pickle names {module}.{name}, which is not allowed "
-            "(only numpy arrays, tuples and lists are)"
-        )
+        return _resolve(_ALLOWED, module, name)
+
+
+def _resolve(allowed: dict[tuple[str, str], Callable[[], Any]], module: str, name: str) -> Any:
+    # find_class for an allow-list; shared with the sizing pass of lit_cnn.data.gzipped.
+    resolve = allowed.get((module, name))
+    if resolve is not None:
+        return resolve()
+    if not (_DOTTED_NAME.fullmatch(module) and _DOTTED_NAME.fullmatch(name)):
+        # Text that happens to start like a GLOBAL opcode: report it as not being a
+        # pickle at all, rather than quote the garbage as a name.
+        raise pickle.UnpicklingError("it names a global that is not a Python name")
+    raise _Refused(
+        f"the pickle names {module}.{name}, which is not allowed "
+        "(only numpy arrays, tuples and lists are)"
+    )
 
 
 def read_pickle(path: str | os.PathLike[str]) -> Any:
@@ -183,15 +201,32 @@ def _read_pickle(path: Path, source: str) -> Any:
             if not first:
                 raise _error(source, "empty file")
             file.seek(0)
-            return _unpickle(file, first, source)
-    except FileNotFoundError:
-        raise _error(source, "no such file") from None
-    except IsADirectoryError:
-        raise _error(source, "is a directory, not a data file") from None
-    except PermissionError:
-        raise _error(source, "permission denied") from None
+            return _unpickle(_Bounded(file), first, source)
     except OSError as exc:
-        raise _error(source, f"cannot read: {exc.strerror or exc}") from None
+        raise _os_error(exc, source) from None
+
+
+def _read_head(path: Path, source: str, n: int) -> bytes:
+    # The file's first n bytes, by which lit_cnn.data.formats tells the formats apart.
+    try:
+        with open(path, "rb") as file:
+            head = file.read(n)
+    except OSError as exc:
+        raise _os_error(exc, source) from None
+    if not head:
+        raise _error(source, "empty file")
+    return head
+
+
+def _os_error(exc: OSError, source: str) -> DataError:
+    """The one-line DataError for an OSError raised while reading ``source``."""
+    if isinstance(exc, FileNotFoundError):
+        return _error(source, "no such file")
+    if isinstance(exc, IsADirectoryError):
+        return _error(source, "is a directory, not a data file")
+    if isinstance(exc, PermissionError):
+        return _error(source, "permission denied")
+    return _error(source, f"cannot read: {exc.strerror or exc}")
 
 
 class _Bounded:
@@ -201,11 +236,15 @@ class _Bounded:
     refused here, without allocating the declared size.
     """
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, size: int | None = None) -> None:
+        # size: the bytes the stream may yield, for a stream that cannot seek to its end
+        # cheaply (a gzip stream); by default the file's own size.
         self.file = file
-        file.seek(0, os.SEEK_END)
-        self.size = file.tell()
-        file.seek(0)
+        if size is None:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(0)
+        self.size = size
 
     def _check(self, n: int) -> None:
         left = self.size - self.file.tell()
@@ -222,28 +261,37 @@ class _Bounded:
         return self.file.readinto(buffer)
 
     def readline(self, limit: int = -1) -> bytes:
-        return self.file.readline(limit)
+        # Never past the end either: a gzip stream's lines are not bounded by a file's size.
+        left = self.size - self.file.tell()
+        return self.file.readline(left if limit is None or limit < 0 else min(limit, left))
 
 
-def _unpickle(file: Any, first: bytes, source: str) -> Any:
+def _unpickle(reader: Any, first: bytes, source: str, what: str = "") -> Any:
+    # reader: a bounded stream (_Bounded). what: prefixed to the reason in messages about the
+    # bytes, e.g. "gzip-compressed: ".
     try:
         # latin1 lets numpy arrays pickled by Python 2 load; for Python 3 pickles it changes
         # nothing.
-        return _SafeUnpickler(_Bounded(file), encoding="latin1").load()
-    except _Refused as exc:
-        raise _error(source, f"refused: {exc}") from None
+        return _SafeUnpickler(reader, encoding="latin1").load()
     except Exception as exc:
-        # Whatever the unpickler or numpy raised about the bytes, the user gets one line.
-        detail = f"{type(exc).__name__}: {exc}"
-        truncated = isinstance(exc, EOFError) or "truncated" in str(exc)
-        # Every pickle of protocol 2 or later starts with the PROTO opcode, 0x80; without it
-        # the file is far more likely something else than an old, damaged pickle.
-        if first != b"\x80":
-            what = "not a pickle file, or a truncated one" if truncated else "not a pickle file"
-        elif truncated:
-            what = "truncated pickle: the data ends early"
-        else:
-            what = "corrupt pickle"
-        raise _error(source, f"{what} ({detail})") from None
+        raise _unpickling_error(exc, first, source, what) from None
 
 
+def _unpickling_error(exc: Exception, first: bytes, source: str, prefix: str = "") -> DataError:
+    """The one-line DataError for an exception raised while unpickling ``source``."""
+    if isinstance(exc, DataError):
+        return exc
+    if isinstance(exc, _Refused):
+        return _error(source, f"{prefix}refused: {exc}")
+    # Whatever the unpickler or numpy raised about the bytes, the user gets one line.
+    detail = f"{type(exc).__name__}: {exc}"
+    truncated = isinstance(exc, EOFError) or "truncated" in str(exc)
+    # Every pickle of protocol 2 or later starts with the PROTO opcode, 0x80; without it
+    # the file is far more likely something else than an old, damaged pickle.
+    if first != b"\x80":
+        what = "not a pickle file, or a truncated one" if truncated else "not a pickle file"
+    elif truncated:
+        what = "truncated pickle: the data ends early"
+    else:
+        what = "corrupt pickle"
+    return _error(source, f"{prefix}{what} ({detail})")
