@@ -129,12 +129,24 @@ def test_split_argv_keeps_kfold_options_for_the_trials():
 # ----------------------------------------------------------------------------- a study
 
 
+LOADS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory, tiny_pkl):
+    import lit_cnn.cv.datamodule as datamodule
+
     root = tmp_path_factory.mktemp("tune")
     argv = ["--models", "ShallowCNN", "--n_trials", "4", "--name", "e2e", "--sampler_seed", "1"]
-    assert tune_main([*argv, "--pruner", "none", *tiny_args(tiny_pkl, root), *FAST]) == 0
+    load = datamodule.load_images
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datamodule, "load_images", lambda path: LOADS.append(path) or load(path))
+        assert tune_main([*argv, "--pruner", "none", *tiny_args(tiny_pkl, root), *FAST]) == 0
     return root / "lightning_logs" / "tune" / "e2e"
+
+
+def test_the_worker_loads_the_data_once_for_all_trials(study_dir, tiny_pkl):
+    assert LOADS == [str(tiny_pkl)]
 
 
 def test_study_writes_every_file(study_dir):
@@ -165,9 +177,15 @@ def test_tensorboard_hparams_row_per_trial(study_dir):
 
     rows = sorted(p.name for p in (study_dir / "tensorboard").iterdir())
     assert rows == [f"trial_{n}" for n in range(4)]
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    trial = study_of(study_dir, "e2e").trials[0]
     acc = EventAccumulator(str(study_dir / "tensorboard" / "trial_0")).Reload()
-    tags = acc.Tags()
-    assert "_hparams_/experiment" in str(acc.summary_metadata) or "tune/val/loss" in str(tags)
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    shown = HParamsPluginData.FromString(content).session_start_info.hparams
+    assert shown["model.lr"].number_value == pytest.approx(trial.params["model.lr"])
+    assert shown["model"].string_value == "ShallowCNN"
+    assert acc.Scalars("tune/val/loss")[0].value == pytest.approx(trial.value)
 
 
 def test_best_yaml_reproduces_the_best_trial(study_dir, tmp_path):

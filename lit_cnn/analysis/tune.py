@@ -16,13 +16,14 @@ run directory, so the folds it finished are not trained again.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,22 @@ HEARTBEAT_S, GRACE_S = 30, 120
 #: How often a trial whose worker died is retried.
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+#: Where a trial's seconds go: tune.json's ``overhead_seconds``. ``kfold``: the K-fold run
+#: (fits, tests, records, report); ``fits``: its ``Trainer.fit`` calls alone; ``setup``:
+#: parsing and checks; ``storage``: Optuna's storage and sampler, in and around the trial.
+STAGES = ("storage", "setup", "kfold", "fits", "total")
+
+
+@contextlib.contextmanager
+def timed(stats: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the seconds the block takes to ``stats[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stats[key] += time.perf_counter() - start
 
 
 class Surplus(Exception):
@@ -206,54 +223,53 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> float
     from lit_cnn.cv.loop import run_kfold
 
     start = time.perf_counter()
-    rank = sum(
-        t.state in (*FINISHED, TrialState.RUNNING) and t.number < trial.number
-        for t in study.get_trials(deepcopy=False)
-    )
-    if rank >= search.n_trials:  # another worker took the last trial meanwhile
-        trial.set_user_attr("surplus", True)
-        raise Surplus
-    trial.set_user_attr("worker_host", socket.gethostname())
-    trial.set_user_attr("worker_pid", os.getpid())
-    model, values = suggest(trial, search)
-    search.log(
-        f"trial {trial.number}: {model}, "
-        + ", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+    stats = search.overhead.setdefault(trial.number, dict.fromkeys(STAGES, 0.0))
+    with timed(stats, "storage"):
+        rank = sum(
+            t.state in (*FINISHED, TrialState.RUNNING) and t.number < trial.number
+            for t in study.get_trials(deepcopy=False)
         )
-    )
-    run_dir = _take_over(search, study, trial)
-    trial.set_user_attr("run_dir", str(run_dir))
-    cli, _ = prepare(trial_argv(search, model, values))
-    cfg, dm = cli.config, cli.datamodule
-    if (run_dir / CONFIG).is_file():  # a retried trial continues its run
-        check_resume(run_dir, dm.folds)
-        remove_partial_writes(run_dir)
-    else:
-        run_dir.mkdir(parents=True)
-        write_text(run_dir / CONFIG, cli.parser.dump(cfg, skip_none=False))
-        seal(run_dir)
-    setup_s = time.perf_counter() - start
+        if rank >= search.n_trials:  # another worker took the last trial meanwhile
+            trial.set_user_attr("surplus", True)
+            raise Surplus
+        trial.set_user_attr("worker_host", socket.gethostname())
+        trial.set_user_attr("worker_pid", os.getpid())
+        model, values = suggest(trial, search)
+        run_dir = _take_over(search, study, trial)
+        trial.set_user_attr("run_dir", str(run_dir))
+    shown = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+    search.log(f"trial {trial.number}: {model}, " + ", ".join(shown))
+    with timed(stats, "setup"):  # parsing, checks, the first Trainer; data on first use
+        cli, _ = prepare(trial_argv(search, model, values))
+        cfg, dm = cli.config, cli.datamodule
+        if (run_dir / CONFIG).is_file():  # a retried trial continues its run
+            check_resume(run_dir, dm.folds)
+            remove_partial_writes(run_dir)
+        else:
+            run_dir.mkdir(parents=True)
+            write_text(run_dir / CONFIG, cli.parser.dump(cfg, skip_none=False))
+            seal(run_dir)
     scores: list[float] = []
-    fit_s: list[float] = []
 
     def after_fold(record: dict[str, Any]) -> None:
-        fit_s.append(record["fit_seconds"])
-        if record["diverged"]:
-            trial.set_user_attr("diverged_fold", record["fold"])
+        stats["fits"] += record["fit_seconds"]
+        with timed(stats, "storage"):
+            if record["diverged"]:
+                trial.set_user_attr("diverged_fold", record["fold"])
+                trial.set_user_attr("fold_scores", scores)
+                raise optuna.TrialPruned(f"fold {record['fold']} diverged")
+            scores.append(float(record[search.record_key]))
             trial.set_user_attr("fold_scores", scores)
-            raise optuna.TrialPruned(f"fold {record['fold']} diverged")
-        scores.append(float(record[search.record_key]))
-        trial.set_user_attr("fold_scores", scores)
-        trial.report(sum(scores) / len(scores), step=record["fold"])
-        if len(scores) < dm.k and trial.should_prune():
+            trial.report(sum(scores) / len(scores), step=record["fold"])
+            prune = len(scores) < dm.k and trial.should_prune()
+        if prune:
             raise optuna.TrialPruned(f"pruned after fold {record['fold']}")
 
     def log(text: str) -> None:
         for line in text.splitlines():
             search.log(f"trial {trial.number}: {line}")
 
-    stats = {"setup": setup_s}
+    kfold_start, storage_before = time.perf_counter(), stats["storage"]
     try:
         if not finished(run_dir):
             run_kfold(
@@ -273,9 +289,9 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> float
             folds = range(1 if cfg.early_break else dm.k)
             train_folds(cli.fold_setup, dm, run_dir, folds, log=log, after_fold=after_fold)
     finally:
+        in_kfold = time.perf_counter() - kfold_start
+        stats["kfold"] = in_kfold - (stats["storage"] - storage_before)
         stats["total"] = time.perf_counter() - start
-        stats["fits"] = sum(fit_s)
-        search.overhead[trial.number] = stats
         trial.set_user_attr("seconds", stats["total"])
     return sum(scores) / len(scores)
 
@@ -297,6 +313,7 @@ def work(search: Search, callbacks: Sequence[Callable[..., None]] = ()) -> optun
         done, running = _counts(study)
         if done + running >= search.n_trials:
             break
+        before = time.perf_counter()
         try:
             study.optimize(
                 lambda t: run_trial(search, study, t),
@@ -310,6 +327,13 @@ def work(search: Search, callbacks: Sequence[Callable[..., None]] = ()) -> optun
             # again, so a later worker continues its run directory.
             _retry_last_failed(study)
             raise
+        # Optuna's ask, tell, heartbeat and the callbacks: storage time outside the trial.
+        last = max(search.overhead, default=None)
+        if last is not None and "outside" not in search.overhead[last]:
+            stats = search.overhead[last]
+            stats["outside"] = time.perf_counter() - before - stats["total"]
+            stats["storage"] += stats["outside"]
+            stats["total"] += stats["outside"]
         if any(t.user_attrs.get("surplus") for t in study.get_trials(deepcopy=False)[-1:]):
             break
     return study

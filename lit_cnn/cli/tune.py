@@ -200,17 +200,20 @@ def tune_main(args: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         parser.print_help()
         return 0
-    try:
+    from lit_cnn.cv.datamodule import share_loaded_data
+
+    with share_loaded_data():  # the checks and every trial of this worker read the data once
         try:
-            opts = parser.parse_args(own)
-        except ArgumentError:
-            raise UsageError(diagnose(parser, own)) from None
-        settings = _check(opts, rest)
-    except (UsageError, DataError) as err:
-        return fail(PROG, str(err))
-    except ValueError as err:
-        return fail(PROG, str(err).strip().splitlines()[0])
-    return _run(opts, settings, argv)
+            try:
+                opts = parser.parse_args(own)
+            except ArgumentError:
+                raise UsageError(diagnose(parser, own)) from None
+            settings = _check(opts, rest)
+        except (UsageError, DataError) as err:
+            return fail(PROG, str(err))
+        except ValueError as err:
+            return fail(PROG, str(err).strip().splitlines()[0])
+        return _run(opts, settings, argv)
 
 
 def _check(opts: Any, rest: list[str]) -> dict[str, Any]:
@@ -261,8 +264,6 @@ def _run(opts: Any, settings: dict[str, Any], argv: list[str]) -> int:
     from lit_cnn.analysis.nested import run_nested
     from lit_cnn.analysis.tune import Search, work
     from lit_cnn.analysis.tune_report import report_trial, write_study
-    from lit_cnn.cv.datamodule import share_loaded_data
-
     space = settings.pop("_space")
     try:
         path, existed = tune_dir(settings["root"], opts.name)
@@ -292,10 +293,9 @@ def _run(opts: Any, settings: dict[str, Any], argv: list[str]) -> int:
         again += f" --name {path.name}"
 
     def job() -> dict[str, Any]:
-        with share_loaded_data():
-            if opts.nested:
-                return run_nested(search, opts.nested, settings["data"])
-            return write_study(search, work(search, [lambda st, t: report_trial(search, st, t)]))
+        if opts.nested:
+            return run_nested(search, opts.nested, settings["data"])
+        return write_study(search, work(search, [lambda st, t: report_trial(search, st, t)]))
 
     try:
         summary, status = run_interruptibly(job, PROG, again)
