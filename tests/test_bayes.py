@@ -14,6 +14,7 @@ from lit_cnn.analysis.bayes import (
     bayesian_correlated_ttest,
     format_prob,
 )
+from lit_cnn.analysis.figures import posterior_figure
 
 # Validation-fold accuracies (%) of two models, K = 10 folds, one repetition.
 A10 = np.array([91.2, 90.5, 92.0, 89.8, 91.5, 90.9, 91.1, 90.2, 92.3, 90.7])
@@ -118,3 +119,18 @@ def test_bad_input_is_refused():
         bayesian_correlated_ttest([1.0, 2.0], 10, 0)
     with pytest.raises(ValueError, match="rope"):
         bayesian_correlated_ttest([1.0, 2.0], 10, 5, rope=-1)
+
+
+@pytest.mark.parametrize("diffs", [B10 - A10, np.full(10, 0.5)])  # a spread, a point mass
+def test_the_posterior_plot_shades_the_rope_and_names_the_probabilities(diffs):
+    res = bayesian_correlated_ttest(diffs, *sizes(10), rope=0.75)
+    ax = posterior_figure("ResNN", "ResNNBatch", res).axes[0]
+    (rope,) = [p for p in ax.patches if p.get_label().startswith("ROPE")]
+    assert (rope.get_x(), rope.get_width()) == pytest.approx((-0.75, 1.5))
+    assert ax.get_title() == (
+        f"ResNNBatch better: {format_prob(res.p_b_better)}   equivalent: "
+        f"{format_prob(res.p_equivalent)}   ResNN better: {format_prob(res.p_a_better)}"
+    )
+    assert "ResNNBatch − ResNN" in ax.get_xlabel()
+    lo, hi = ax.get_xlim()
+    assert lo < -0.75 and hi > 0.75 and lo < res.mean < hi

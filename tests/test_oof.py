@@ -148,3 +148,29 @@ def test_assemble_places_rows_and_refuses_overlaps():
         OutOfFold.assemble(labels, [(np.array([1, 2]), p_a), (np.array([2]), p_b)])
     with pytest.raises(ValueError, match="probabilities for"):
         OutOfFold.assemble(labels, [(np.array([1]), p_a)])
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_0_keeps_every_images_out_of_fold_prediction(tmp_path, tiny_odd_pkl):
+    import os
+    import subprocess
+
+    from conftest import script
+
+    def run(name, *extra):
+        env = {k: v for k, v in os.environ.items() if k != "LIT_CNN_RUN_DIR"}
+        cmd = [*script("kfold.py"), "--model", "ShallowCNN", "--data.path", str(tiny_odd_pkl)]
+        cmd += ["--trainer.max_epochs", "2", "--run_name", name, *QUIET, *extra]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_dir = tmp_path / "lightning_logs" / "ShallowCNN" / name
+        return run_dir, json.loads((run_dir / "results.json").read_text())
+
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    ddp_dir, ddp_results = run("ddp", *ddp)
+    single_dir, single_results = run("single")
+    oof = np.load(ddp_dir / "oof_probs.npy")
+    assert oof.shape == (601, 10) and not np.isnan(oof).any()  # 601: no rank count divides it
+    assert ddp_results["oof_scored"] == 601
+    assert ddp_results["oof_acc"] == pytest.approx(single_results["oof_acc"], abs=1e-2)
+    np.testing.assert_allclose(oof, np.load(single_dir / "oof_probs.npy"), atol=1e-2)
