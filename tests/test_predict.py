@@ -189,6 +189,26 @@ def test_large_off_centre_digits_mostly_predict_the_same(run_dir, digits, tmp_pa
     assert agreement >= 0.95, agreement
 
 
+def photo(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The digit in dark ink on unevenly lit, noisy grey paper, 400 x 300, as a camera sees it."""
+    ink = Image.fromarray(255 - image).resize((120, 120), Image.Resampling.BICUBIC)
+    paper = np.linspace(140, 215, 400)[None, :] + np.linspace(-15, 15, 300)[:, None]
+    paper = paper + rng.normal(0, 6, (300, 400))
+    top, left = int(rng.integers(20, 160)), int(rng.integers(20, 260))
+    paper[top : top + 120, left : left + 120] *= np.asarray(ink) / 255.0
+    return Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def test_photographed_digits_mostly_predict_the_same(run_dir, digits, tmp_path):
+    raw = digits[0][:100]
+    rng = np.random.default_rng(1)
+    for i, image in enumerate(raw):
+        photo(image, rng).save(tmp_path / f"{i:03d}.jpg", quality=85)
+    _, out, _ = run_predict(run_dir, tmp_path)
+    got = np.array([int(r["prediction"]) for r in read_csv(out)])
+    assert float((got == run_ensemble_predictions(run_dir)[:100]).mean()) >= 0.9
+
+
 def test_sixteen_bit_and_transparent_images_match_their_8_bit_digit(digits):
     image, expected = digits[0][3], digits[2][3]
     sixteen = Image.fromarray(image.astype(np.uint16) * 257)  # 16-bit grayscale, "I;16"

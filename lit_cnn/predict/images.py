@@ -4,10 +4,11 @@ program become what the networks were trained on.
 Every image is turned into grayscale and, when its border is brighter than mid-grey (a dark
 digit on light paper), inverted, so that every digit is light on dark. An image that is already
 28 x 28 or 32 x 32 is then taken as it is, so MNIST-style files give exactly the tensors of the
-data path. Any other size is normalised as MNIST was made (LeCun et al.): the background level
-is taken away, the digit is cropped to its bounding box, scaled to fit 20 x 20 keeping its
-aspect ratio, and placed in a 28 x 28 field with its centre of mass at the field's centre;
-:func:`lit_cnn.data.to_float` then pads it to 32 x 32, as for the training images.
+data path. Any other size is normalised as MNIST was made (LeCun et al.): the background (a
+plane fitted to the border, so that uneven lighting goes too) is taken away, the digit is
+cropped to its bounding box, scaled to fit 20 x 20 keeping its aspect ratio, and placed in a
+28 x 28 field with its centre of mass at the field's centre; :func:`lit_cnn.data.to_float`
+then pads it to 32 x 32, as for the training images.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ PIXEL_SCALE = 255.0
 # A pixel counts towards the bounding box from this fraction of the brightest one: the faint
 # edge that resampling or a camera leaves around a stroke does not widen the box.
 _BOX_LEVEL = 0.1
+# Components of fewer pixels than this, or than this share of the largest, are specks.
+_SPECK, _SPECK_SHARE = 4, 0.02
 _16_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Larger images (a phone's photo) are first shrunk to this side: the digit ends up 20 pixels
+#: high, and the float arrays below stay small.
+WORKING_SIDE = 1024
 
 
 def _luminance(image: Image.Image) -> np.ndarray:
@@ -78,11 +84,45 @@ def to_gray(image: Image.Image) -> np.ndarray:
     Returns:
         uint8 (H, W): inverted when the border's mean brightness is above mid-grey.
     """
-    values = _luminance(ImageOps.exif_transpose(image))
+    image = ImageOps.exif_transpose(image)
+    if max(image.size) > WORKING_SIDE and image.mode in ("L", "LA", "RGB", "RGBA"):
+        image = ImageOps.contain(image, (WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+    values = _luminance(image)
     gray = np.rint(values).astype(np.uint8)
     if _border(gray).mean() > 127.5:
         gray = 255 - gray
     return gray
+
+
+def _flattened(gray: np.ndarray) -> np.ndarray:
+    # The paper or the screen is rarely black, nor evenly lit: a plane fitted to the border
+    # (refitted without the pixels far above it, where a stroke touches the edge) is taken
+    # away, which leaves a photo's background near 0, as MNIST's is.
+    values = gray.astype(np.float64)
+    height, width = values.shape
+    rows, cols = np.mgrid[0:height, 0:width]
+    ring = np.zeros(values.shape, dtype=bool)
+    ring[[0, -1], :] = ring[:, [0, -1]] = True
+    design = np.stack([np.ones(ring.sum()), rows[ring] / height, cols[ring] / width], axis=1)
+    target = values[ring]
+    keep = np.ones(len(target), dtype=bool)
+    for _ in range(2):
+        coef = np.linalg.lstsq(design[keep], target[keep], rcond=None)[0]
+        residual = target - design @ coef
+        keep = residual <= 3 * np.median(np.abs(residual)) + 1
+    background = coef[0] + coef[1] * rows / height + coef[2] * cols / width
+    return np.clip(values - background, 0, None)
+
+
+def _ink_box(values: np.ndarray) -> tuple[int, int, int, int]:
+    # The box of the pixels above a tenth of the brightest, without specks: components much
+    # smaller than the largest (noise, dust) do not widen it.
+    labels, count = ndimage.label(values >= _BOX_LEVEL * 255)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        kept = np.flatnonzero(sizes >= max(_SPECK, _SPECK_SHARE * sizes.max())) + 1
+        labels = np.where(np.isin(labels, kept), labels, 0)
+    return Image.fromarray((labels > 0).astype(np.uint8)).getbbox()
 
 
 def normalise(gray: np.ndarray) -> np.ndarray:
@@ -95,16 +135,13 @@ def normalise(gray: np.ndarray) -> np.ndarray:
         uint8 (28, 28): the digit scaled to fit 20 x 20, its centre of mass at (14, 14); all
         zero when the image holds no digit (a blank page).
     """
-    values = gray.astype(np.float64)
-    # The paper or the screen is rarely black: its level (the border's median) becomes 0.
-    values = np.clip(values - np.median(_border(values)), 0, None)
+    values = _flattened(gray)
     top = values.max()
     field = Image.new("L", (FIELD, FIELD))
     if top <= 0:
         return np.asarray(field)
     values *= 255.0 / top
-    mask = Image.fromarray(((values >= _BOX_LEVEL * 255) * 255).astype(np.uint8))
-    digit = Image.fromarray(np.rint(values).astype(np.uint8)).crop(mask.getbbox())
+    digit = Image.fromarray(np.rint(values).astype(np.uint8)).crop(_ink_box(values))
     # Lanczos resampling anti-aliases, which is what gave MNIST's digits their grey levels.
     digit = ImageOps.contain(digit, (BOX, BOX), method=Image.Resampling.LANCZOS)
     row, col = ndimage.center_of_mass(np.asarray(digit, dtype=np.float64))

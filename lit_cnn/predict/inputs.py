@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from lit_cnn.data.loading import DataError, load_images, pad_images, to_float
-from lit_cnn.predict.images import PIXEL_SCALE, digit_pixels
+from lit_cnn.predict.images import PIXEL_SCALE, WORKING_SIDE, digit_pixels
 
 __all__ = ["Source", "collect", "decoded_batches", "read_digit"]
 
@@ -204,6 +204,9 @@ def read_digit(name: str) -> np.ndarray:
     """
     try:
         with Image.open(name) as image:
+            # JPEG decodes at a fraction of the size when asked first: a photo's megapixels
+            # are not needed for a 20-pixel digit.
+            image.draft("L", (WORKING_SIDE, WORKING_SIDE))
             image.load()
             pixels = digit_pixels(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
