@@ -93,6 +93,8 @@ class Search:
     log: Callable[[str], None] = print
     #: Per trial number: seconds spent outside the fits, by stage (filled as trials run).
     overhead: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: The number of the trial this worker runs or ran last.
+    current: int | None = None
 
     @property
     def direction(self) -> str:
@@ -223,6 +225,7 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial) -> float
     from lit_cnn.cv.loop import run_kfold
 
     start = time.perf_counter()
+    search.current = trial.number
     stats = search.overhead.setdefault(trial.number, dict.fromkeys(STAGES, 0.0))
     with timed(stats, "storage"):
         rank = sum(
@@ -323,9 +326,9 @@ def work(search: Search, callbacks: Sequence[Callable[..., None]] = ()) -> optun
                 show_progress_bar=False,
             )
         except BaseException:
-            # Interrupted (SIGINT, SIGTERM) or failed: Optuna has failed the trial. Queue it
-            # again, so a later worker continues its run directory.
-            _retry_last_failed(study)
+            # Interrupted (SIGINT, SIGTERM) or failed: queue the trial again, so that a later
+            # worker continues its run directory.
+            _retry_interrupted(study, search.current)
             raise
         # Optuna's ask, tell, heartbeat and the callbacks: storage time outside the trial.
         last = max(search.overhead, default=None)
@@ -334,21 +337,22 @@ def work(search: Search, callbacks: Sequence[Callable[..., None]] = ()) -> optun
             stats["outside"] = time.perf_counter() - before - stats["total"]
             stats["storage"] += stats["outside"]
             stats["total"] += stats["outside"]
-        if any(t.user_attrs.get("surplus") for t in study.get_trials(deepcopy=False)[-1:]):
-            break
+        if search.current is not None:
+            if study.get_trials(deepcopy=False)[search.current].user_attrs.get("surplus"):
+                break
     return study
 
 
-def _retry_last_failed(study: optuna.Study) -> None:
-    mine = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get("worker_pid") == os.getpid()
-        and t.user_attrs.get("worker_host") == socket.gethostname()
-        and not t.user_attrs.get("surplus")
-    ]
-    if mine:
-        _retry(study, mine[-1])
+def _retry_interrupted(study: optuna.Study, number: int | None) -> None:
+    if number is None:
+        return
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.user_attrs.get("surplus") or trial.state not in (TrialState.RUNNING, TrialState.FAIL):
+        return
+    if trial.state == TrialState.RUNNING:  # SystemExit (SIGTERM) passes Optuna by
+        study.tell(number, state=TrialState.FAIL)
+        trial = study.get_trials(deepcopy=False)[number]
+    _retry(study, trial)
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -40,6 +40,7 @@ REFUSED = {
     "--resume": "run the same command again with the same --name to continue a study",
     "--fold_parallel": "a trial trains its folds one after another; start several workers",
     "--trainer.fast_dev_run": "it keeps nothing; try the options with kfold.py first",
+    "--print_config": "each trial's config.yaml is written in its run directory",
 }
 
 
