@@ -87,8 +87,10 @@ def to_gray(image: Image.Image) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
     if max(image.size) > WORKING_SIDE and image.mode in ("L", "LA", "RGB", "RGBA"):
         image = ImageOps.contain(image, (WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
-    values = _luminance(image)
-    gray = np.rint(values).astype(np.uint8)
+    if image.mode == "L":  # most scans and MNIST-style files: no float copy needed
+        gray = np.asarray(image)
+    else:
+        gray = np.rint(_luminance(image)).astype(np.uint8)
     if _border(gray).mean() > 127.5:
         gray = 255 - gray
     return gray

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lit_cnn.data.loading import DataError, load_images, pad_images, to_float
+from lit_cnn.data.loading import DataError, load_images, to_float
 from lit_cnn.predict.images import PIXEL_SCALE, WORKING_SIDE, digit_pixels
 
 __all__ = ["Source", "collect", "decoded_batches", "read_digit"]
@@ -211,7 +211,10 @@ def read_digit(name: str) -> np.ndarray:
             pixels = digit_pixels(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise _error(name, f"corrupt image ({_reason(err)})") from None
-    return pad_images(torch.from_numpy(pixels.copy())[None, None])[0, 0].numpy()
+    padded = np.zeros((32, 32), np.uint8)  # 28 x 28 is zero-padded by 2, as pad_images does
+    pad = (32 - pixels.shape[0]) // 2
+    padded[pad : 32 - pad, pad : 32 - pad] = pixels
+    return padded
 
 
 Chunk = list[tuple[Source, int, int]]
@@ -236,12 +239,19 @@ def _chunks(sources: Iterable[Source], batch_size: int) -> Iterator[Chunk]:
 
 def _decode(chunk: Chunk, scale: float | None) -> tuple[torch.Tensor, list[tuple[str, int]]]:
     parts, rows = [], []
+    images: list[np.ndarray] = []  # consecutive image files, scaled together
+
+    def flush() -> None:
+        if images:
+            parts.append(to_float(torch.from_numpy(np.stack(images))[:, None], PIXEL_SCALE))
+            images.clear()
+
     for source, start, stop in chunk:
         rows.extend((source.name, i) for i in range(start, stop))
         if source.kind == "image":
-            pixels = torch.from_numpy(read_digit(source.name))[None, None]
-            parts.append(to_float(pixels, PIXEL_SCALE))
+            images.append(read_digit(source.name))
         else:
+            flush()
             part = source.images[start:stop]
             # A copy of a memory-mapped slice: its buffer is read-only, torch's are not.
             stored = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
@@ -250,6 +260,7 @@ def _decode(chunk: Chunk, scale: float | None) -> tuple[torch.Tensor, list[tuple
                 raise ValueError("arrays need the run's scale")
             # The run's own constant, through the data path's function: bit-identical input.
             parts.append(to_float(stored, scale))
+    flush()
     return torch.cat(parts), rows
 
 
