@@ -111,6 +111,8 @@ def test_space_refused_by_the_command_before_anything_is_written(
         (["--models", "ShallowCNN", "--n_trials", "2", "--metric", "acc"], "--metric"),
         (["--models", "ShallowCNN", "--n_trials", "2", "--data.k", "1"], "data.k"),
         (["--models", "ShallowCNN", "--n_trials", "2", "--nested", "1"], "--nested"),
+        (["--models", "ShallowCNN", "--n_trials", "2", "--storage", "foo://x"], "cannot be opened"),
+        (["--models", "ShallowCNN", "--n_trials", "2", "--print_config"], "config.yaml"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path, tiny_pkl, capsys, argv, says):
@@ -224,6 +226,18 @@ def test_other_options_on_an_existing_study_are_refused(study_dir, tiny_pkl, cap
     assert "started with other options" in capsys.readouterr().err
 
 
+def test_a_journal_file_is_a_storage(tmp_path, tiny_pkl):
+    journal = tmp_path / "study.log"
+    argv = ["--models", "ShallowCNN", "--n_trials", "1", "--name", "j", "--storage", str(journal)]
+    assert tune_main([*argv, *tiny_args(tiny_pkl, tmp_path), *FAST]) == 0
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="j", storage=storage)
+    assert len(finished(study)) == 1 and not (tmp_path / "lightning_logs/tune/j/study.db").exists()
+
+
 # ----------------------------------------------------------------------------- pruning
 
 
@@ -252,6 +266,7 @@ def test_hopeless_choice_is_pruned_and_never_wins(tmp_path, tiny_pkl):
 
 def test_nested_writes_outer_scores_and_configurations(tmp_path, tiny_pkl):
     argv = ["--models", "ShallowCNN", "--n_trials", "2", "--name", "n", "--nested", "2"]
+    argv += ["--metric", "val/acc"]  # maximised
     assert tune_main([*argv, "--pruner", "none", *tiny_args(tiny_pkl, tmp_path), *FAST]) == 0
     tune_dir = tmp_path / "lightning_logs" / "tune" / "n"
     nested = json.loads((tune_dir / "tune.json").read_text())["nested"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +150,19 @@ def check_space(space: Sequence[Param], where: str, base: list[str], models: lis
                 ) from None
 
 
+def check_storage(url: str) -> None:
+    """Opens the storage once, so that a bad URL, server or driver is refused up front."""
+    from lit_cnn.analysis.tune import make_storage
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_storage(url)
+    except Exception as err:  # SQLAlchemy's, a missing driver's, the file system's
+        first = f"{type(err).__name__}: {str(err).strip()}".splitlines()[0]
+        raise UsageError(f"--storage {url}: cannot be opened ({first})") from None
+
+
 def tune_dir(root: str | None, name: str | None) -> tuple[Path, bool]:
     """The study's directory and whether it existed (a study being continued)."""
     from lit_cnn.cv.seal import new_run_dir
@@ -235,6 +249,8 @@ def _check(opts: Any, rest: list[str]) -> dict[str, Any]:
         raise UsageError(f"--nested must be at least 2 outer folds, got {opts.nested}")
     check_run_name("name", opts.name)
     check_kfold_options(rest)
+    if opts.storage:
+        check_storage(opts.storage)
     space = load_space(opts.space)
     # Progress bars off unless asked for: a worker prints a line per fold and per trial.
     base = ["--trainer.enable_progress_bar", "false", *rest]
