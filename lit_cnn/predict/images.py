@@ -101,18 +101,26 @@ def _flattened(gray: np.ndarray) -> np.ndarray:
     # (refitted without the pixels far above it, where a stroke touches the edge) is taken
     # away, which leaves a photo's background near 0, as MNIST's is.
     values = gray.astype(np.float64)
+    target = _border(values)
+    if target.min() == target.max():  # an even ground, as drawn on a computer
+        return np.clip(values - target[0], 0, None)
     height, width = values.shape
-    rows, cols = np.mgrid[0:height, 0:width]
-    ring = np.zeros(values.shape, dtype=bool)
-    ring[[0, -1], :] = ring[:, [0, -1]] = True
-    design = np.stack([np.ones(ring.sum()), rows[ring] / height, cols[ring] / width], axis=1)
-    target = values[ring]
+    rows, cols = np.arange(height) / height, np.arange(width) / width
+    inner = rows[1:-1]
+    design = np.stack(
+        [
+            np.ones(len(target)),
+            np.concatenate([np.zeros(width), np.full(width, rows[-1]), inner, inner]),
+            np.concatenate([cols, cols, np.zeros(height - 2), np.full(height - 2, cols[-1])]),
+        ],
+        axis=1,
+    )  # the ring's coordinates, in _border's order
     keep = np.ones(len(target), dtype=bool)
     for _ in range(2):
         coef = np.linalg.lstsq(design[keep], target[keep], rcond=None)[0]
         residual = target - design @ coef
         keep = residual <= 3 * np.median(np.abs(residual)) + 1
-    background = coef[0] + coef[1] * rows / height + coef[2] * cols / width
+    background = coef[0] + coef[1] * rows[:, None] + coef[2] * cols[None, :]
     return np.clip(values - background, 0, None)
 
 
