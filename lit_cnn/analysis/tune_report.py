@@ -171,7 +171,7 @@ def nested_markdown(nested: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _figures(study: optuna.Study, tune_dir: Path) -> None:
+def _figures(study: optuna.Study, tune_dir: Path, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,12 +179,19 @@ def _figures(study: optuna.Study, tune_dir: Path) -> None:
     from optuna.visualization import matplotlib as ovm
 
     with warnings.catch_warnings():
+        # Optuna marks its matplotlib plots experimental, and warns when few trials make the
+        # importances equal (the figure shows them as they are).
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = ovm.plot_optimization_history(study)
+        warnings.filterwarnings("ignore", message="The number of trials is too small")
+        ax = ovm.plot_optimization_history(study, target_name=metric)
+        ax.figure.set_size_inches(8, 4.5)
+        ax.figure.tight_layout()
         save_figure(ax.figure, tune_dir / "history.png")
         try:
-            ax = ovm.plot_param_importances(study)
+            ax = ovm.plot_param_importances(study, target_name=metric)
             fig = ax.figure
+            fig.set_size_inches(8, 4.5)
+            fig.tight_layout()
         except (ValueError, RuntimeError) as err:  # fewer than 2 complete trials, one value
             fig, ax = plt.subplots(figsize=(6, 2))
             ax.axis("off")
@@ -264,5 +271,5 @@ def write_study(
         atomic_write(search.tune_dir / BEST_YAML, lambda f: f.write(src.read_bytes()))
     write_json(search.tune_dir / "tune.json", summary)
     write_text(search.tune_dir / "tune.md", tune_markdown(summary))
-    _figures(study, search.tune_dir)
+    _figures(study, search.tune_dir, search.metric)
     return summary
