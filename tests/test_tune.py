@@ -299,6 +299,24 @@ def _tune_proc(tmp_path: Path, data: Path, name: str, n: int, k: int, extra=()):
 
 
 @pytest.mark.slow
+def test_the_script_refuses_a_bad_space_in_one_line(tmp_path, tiny_pkl):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "model.lr: {type: float, low: 0.1, high: 1.0}\ndata.k: {type: int, low: 1, high: 3}\n"
+    )
+    argv = [*script("tune.py"), "--models", "ShallowCNN", "--n_trials", "2", "--space", str(space)]
+    proc = subprocess.run(
+        [*argv, *tiny_args(tiny_pkl, tmp_path)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        f"tune.py: error: --space {space}: data.k: 1 is refused (--data.k: invalid value 1; "
+        "expected an integer >= 2)"
+    )
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.slow
 def test_killed_trial_is_retried_without_retraining_its_folds(tmp_path, tiny_pkl):
     tune_dir = tmp_path / "lightning_logs" / "tune" / "kill"
     proc = _tune_proc(tmp_path, tiny_pkl, "kill", 3, 3)

@@ -3,8 +3,10 @@ deprecation warning Lightning's own code raises under newer torch filtered where
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 
 # Lightning's info lines that the fold loop makes meaningless: it restores each fold's best
 # checkpoint itself, and says so in the fold's result line.
@@ -50,3 +52,18 @@ def install() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
     )
+
+
+@contextlib.contextmanager
+def lightning_info_off() -> Iterator[None]:
+    """Within it, Lightning's info lines (device banners, tips) are not shown: for checks that
+    build Trainers, so that a refusal stays the only line on stderr."""
+    logs = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)

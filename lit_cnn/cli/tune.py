@@ -146,7 +146,7 @@ def check_space(space: Sequence[Param], where: str, base: list[str], models: lis
             except (UsageError, ValueError) as err:
                 message = str(err).strip().splitlines()[0]
                 raise UsageError(
-                    f"{where}: {param.name}: {value!r} is refused: {message}"
+                    f"{where}: {param.name}: {value!r} is refused ({message})"
                 ) from None
 
 
@@ -223,7 +223,8 @@ def tune_main(args: list[str] | None = None) -> int:
                 opts = parser.parse_args(own)
             except ArgumentError:
                 raise UsageError(diagnose(parser, own)) from None
-            settings = _check(opts, rest)
+            with quiet.lightning_info_off():
+                settings = _check(opts, rest)
         except (UsageError, DataError) as err:
             return fail(PROG, str(err))
         except ValueError as err:
