@@ -7,9 +7,10 @@ Writes the bundled sample's test digits (repeated up to ``--n``) into a temporar
 twice: as 28 x 28 PNGs (taken as they are) and as 3x digits on 100 x 80 canvases (normalised
 the MNIST way, the costlier path), and as one ``.npy`` array. Each is predicted in this
 process with the command's own functions (``collect``, ``decoded_batches``,
-``predict_batches``), start-up excluded. The folders are predicted with decoding in a
-background thread (``--decode_workers 1``, the default) and without (0), alternating
-A B A B, and the ratio is the median of the per-repeat ratios. "Model idle" is the share of
+``predict_batches``), start-up excluded. The folders are predicted with decoding in one
+background thread (``--decode_workers 1``, the default), in the model's thread (0) and in
+two threads (2), alternating A B C A B C, and each ratio against 0 is the median of the
+per-repeat ratios. "Model idle" is the share of
 the wall time the model spent waiting for its next batch.
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lit_cnn.cv.malloc import tune_malloc
 from lit_cnn.data.loading import load_images
 from lit_cnn.predict.ensemble import ensemble_of, open_run
 from lit_cnn.predict.inputs import collect, decoded_batches
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args()
+    tune_malloc()  # as scripts/predict.py does
     run = open_run(args.run_dir)
     model, scale = ensemble_of(run), run.scale
     print(f"# {_cpu()}, {os.cpu_count()} cores, "
@@ -110,24 +113,25 @@ def main() -> None:
         print("| input | decoding | predictions/s (median) | model idle | with/without |")
         print("| --- | --- | --- | --- | --- |")
         for name, path in inputs.items():
-            modes = (1,) if path.suffix == ".npy" else (1, 0)
+            modes = (1,) if path.suffix == ".npy" else (1, 0, 2)
             runs: dict[int, list[tuple[float, float, int]]] = {w: [] for w in modes}
             for _ in range(args.repeats):
-                for workers in modes:  # A B A B: load drifts over both alike
+                for workers in modes:  # A B C A B C: load drifts over all alike
                     runs[workers].append(_once(path, model, scale, args.batch_size, workers))
-            speedup = ""
-            if len(modes) == 2:
-                ratios = [b[0] / a[0] for a, b in zip(runs[1], runs[0], strict=True)]
-                speedup = f"{statistics.median(ratios):.2f}x"
             for workers in modes:
                 rate = statistics.median(n / wall for wall, _, n in runs[workers])
                 idle = statistics.median(w / wall for wall, w, _ in runs[workers])
+                # Against decoding in the model's thread: the median of per-repeat ratios.
+                ratio = statistics.median(
+                    b[0] / a[0] for a, b in zip(runs[workers], runs[0], strict=True)
+                ) if workers and 0 in runs else None  # fmt: skip
                 how = "array slices" if path.suffix == ".npy" else (
-                    "background thread" if workers else "in the model's thread"
+                    f"{workers} background thread{'s' * (workers > 1)}" if workers
+                    else "in the model's thread"
                 )  # fmt: skip
-                print(f"| {name} | {how} | {rate:,.0f} | {idle:.0%} | "
-                      f"{speedup if workers else ''} |")  # fmt: skip
-    print(f"# {' '.join(sys.argv)}")
+                shown = f"{ratio:.2f}x" if ratio else ""
+                print(f"| {name} | {how} | {rate:,.0f} | {idle:.0%} | {shown} |")
+    print(f"# {' '.join(sys.argv)}; load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
