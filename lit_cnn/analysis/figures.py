@@ -32,7 +32,9 @@ def comparison_figure(comp: Mapping[str, Any]):  # -> matplotlib Figure
     from matplotlib.figure import Figure
 
     models, k, repeats = comp["models"], comp["k"], comp["repeats"]
-    fig = Figure(figsize=(max(6.0, 2.2 * len(models) + 2), 4.5))
+    legend_rows = -(-(repeats + 1) // 4)  # a line per repetition and the mean, 4 a row
+    height = 4.5 + 0.25 * legend_rows
+    fig = Figure(figsize=(max(6.0, 2.2 * len(models) + 2), height))
     axes = fig.subplots(1, 2, sharey=False)
     x = np.arange(len(models))
     colors = [f"C{r % 10}" for r in range(repeats)]
@@ -73,8 +75,8 @@ def comparison_figure(comp: Mapping[str, Any]):  # -> matplotlib Figure
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize="small")
     fig.suptitle("Paired fold runs: each line is one fold of one repetition", fontsize="medium")
-    # Room at the bottom for the shared legend.
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    # Room at the bottom for the shared legend, below the rotated model names.
+    fig.tight_layout(rect=(0, (0.1 + 0.22 * legend_rows) / height, 1, 1))
     return fig
 
 
