@@ -44,7 +44,12 @@ def _onnx(path: Path):
 
 def _torchscript(path: Path):
     model = torch.jit.load(str(path))
-    return lambda x: model(x).numpy()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return model(x).numpy()
+
+    return run
 
 
 def _worst(model, exported, x: torch.Tensor) -> float:
