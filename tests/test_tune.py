@@ -273,7 +273,7 @@ def test_nested_writes_outer_scores_and_configurations(tmp_path, tiny_pkl):
     assert [o["outer_fold"] for o in nested["outer"]] == [0, 1]
     for o in nested["outer"]:
         assert set(o["params"]) == set(DEFAULT_SPACE)
-        assert 0 <= o["outer_acc"] <= 1 and 0 <= o["test_acc"] <= 1
+        assert 0 <= o["test_acc"] <= 1 and 0 <= o["test_ensemble_acc"] <= 1
         assert o["held_out"] == 300  # half of the 600 training images
         outer = json.loads((tune_dir / f"outer_{o['outer_fold']}" / "tune.json").read_text())
         assert (
@@ -281,7 +281,8 @@ def test_nested_writes_outer_scores_and_configurations(tmp_path, tiny_pkl):
             and outer["study"] == f"n/outer_{o['outer_fold']}"
         )
         results = json.loads((Path(o["run_dir"]) / "results.json").read_text())
-        assert results["ensemble_test_acc"] == o["outer_acc"]
+        assert results["test_acc_mean"] == o["outer_acc"]  # the held-out fold: its test set
+        assert results["ensemble_test_acc"] == o["outer_ensemble_acc"]
     mean = sum(o["outer_acc"] for o in nested["outer"]) / 2
     assert nested["outer_acc_mean"] == pytest.approx(mean)
     assert "Nested estimate" in (tune_dir / "tune.md").read_text()

@@ -145,27 +145,30 @@ def nested_markdown(nested: Mapping[str, Any]) -> list[str]:
         "## Nested cross-validation",
         "",
         f"{nested['k_outer']} outer folds; in each, a {nested['n_trials']}-trial search on the "
-        "outer-training part alone, its best configuration scored on the held-out outer fold.",
+        "outer-training part alone. The best trial's fold models are scored on the validation "
+        "folds that chose them (inner), on the held-out outer fold, and on the test set; "
+        "accuracies are the fold models' mean, the ensemble's in parentheses.",
         "",
-        "| outer fold | best trial | params | inner "
-        + nested["metric"]
-        + " | outer acc | test acc |",
-        "| ---: | ---: | --- | ---: | ---: | ---: |",
+        f"| outer fold | best trial | params | inner {nested['metric']} | inner acc "
+        "| outer acc | test acc |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for o in nested["outer"]:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in o["params"].items())
         lines.append(
             f"| {o['outer_fold']} | {o['best_trial']} | {params} | {o['inner_value']:.4f} "
-            f"| {o['outer_acc']:.4f} | {o['test_acc']:.4f} |"
+            f"| {o['inner_val_acc']:.4f} | {o['outer_acc']:.4f} ({o['outer_ensemble_acc']:.4f}) "
+            f"| {o['test_acc']:.4f} ({o['test_ensemble_acc']:.4f}) |"
         )
     lines += [
         "",
-        f"Nested estimate (outer folds' accuracy): {nested['outer_acc_mean']:.4f} ± "
-        f"{nested['outer_acc_std']:.4f}; the plain search's best inner validation accuracy: "
-        + (f"{nested['plain_best_val_acc']:.4f}" if nested.get("plain_best_val_acc") else "n/a")
-        + " (optimistic: the same folds chose and scored it).",
+        f"Nested estimate (held-out outer folds): {nested['outer_acc_mean']:.4f} ± "
+        f"{nested['outer_acc_std']:.4f} per fold model, "
+        f"{nested['outer_ensemble_acc_mean']:.4f} for the ensembles; the inner searches' own "
+        f"estimate of the same models: {nested['inner_val_acc_mean']:.4f} (optimistic: the "
+        "same folds chose and scored them).",
         "",
-        f"Stability: {nested['stability']}",
+        f"Stability of the chosen configuration: {nested['stability']}.",
         "",
     ]
     return lines
