@@ -64,9 +64,13 @@ def _parser() -> _Parser:
         nargs="*",
         help="image files, directories of them, .npy/.npz arrays, notebook pickles",
     )
-    parser.add_argument("--fold", type=int, help="predict with this fold's model alone")
+    parser.add_argument(
+        "--fold", type=int, metavar="I", help="predict with this fold's model alone"
+    )
     parser.add_argument("--out", metavar="FILE.csv", help="write the CSV here (default: stdout)")
-    parser.add_argument("--batch_size", type=_positive, default=256, help="default: 256")
+    parser.add_argument(
+        "--batch_size", type=_positive, default=256, metavar="N", help="default: 256"
+    )
     parser.add_argument(
         "--export",
         nargs=2,
@@ -76,6 +80,7 @@ def _parser() -> _Parser:
     parser.add_argument(
         "--decode_workers",
         type=int,
+        metavar="N",
         default=DEFAULT_WORKERS,
         help=f"threads decoding images ahead of the model; 0: none (default: {DEFAULT_WORKERS})",
     )
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     from lit_cnn.predict.inputs import collect, decoded_batches
 
     try:
-        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        # Intermixed: inputs may follow options (RUN_DIR a.png --out p.csv b.png).
+        args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
         out, export = _check(args)
         run = open_run(args.run_dir)
         model = ensemble_of(run, args.fold)
