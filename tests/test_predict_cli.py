@@ -133,6 +133,14 @@ CASES = {
         "an unfinished run (no results.json)",
     ),
     "not a run": (lambda t, r, x: [t, _png(t / "d.png", x)], "not a K-fold run directory"),
+    "a comparison's directory": (
+        lambda t, r, x: [_holding(t / "cmp", "compare.yaml"), _png(t / "d.png", x)],
+        "a comparison's directory; give one model's run in it, e.g. <model>/rep_0",
+    ),
+    "a tuning directory": (
+        lambda t, r, x: [_holding(t / "study", "trials/0/fold_0"), _png(t / "d.png", x)],
+        "a tuning directory; give one trial's run, e.g. trials/0",
+    ),
     "no such fold": (
         lambda t, r, x: [r, _png(t / "d.png", x), "--fold", "5"],
         "--fold 5: the run has no fold 5; valid folds: 0, 1",
@@ -143,6 +151,15 @@ CASES = {
     ),
     "nothing to do": (lambda t, r, x: [r], "give INPUT files to predict, or --export"),
 }
+
+
+def _holding(path: Path, name: str) -> Path:
+    (path / name).parent.mkdir(parents=True)
+    if "." in name:
+        (path / name).touch()
+    else:
+        (path / name).mkdir()
+    return path
 
 
 def _write(path: Path, data: bytes) -> Path:
