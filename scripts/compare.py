@@ -1,7 +1,9 @@
-"""Compare architectures on paired folds, with significance tests.
+"""Compare architectures on paired folds: the Bayesian correlated t-test with a region of
+practical equivalence, the corrected resampled t-test (the combined F-test under 5x2cv),
+McNemar on the test set, Holm across pairs.
 
     python scripts/compare.py --models ResNN ResNNBatch --data.k 3 --repeats 2
-    python scripts/compare.py --models ResNNBatch_NoSkip ResNNBatch_Skip --scheme 5x2cv
+    python scripts/compare.py --models ResNNBatch_NoSkip ResNNBatch_Skip --scheme 5x2cv --rope 0.5
     python scripts/compare.py --resume lightning_logs/compare/version_0
     python scripts/compare.py --help                          # every option
 
