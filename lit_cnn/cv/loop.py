@@ -90,9 +90,12 @@ def predict_proba(
         images = x_test
     else:
         images = x_train[torch.as_tensor(train_indices, device=device)]
+    # In the weights' dtype: a 64-true or bf16-true model takes no float32 input, and this pass
+    # runs outside Lightning's precision plugin.
+    dtype = next(model.parameters()).dtype
     out = torch.cat(
         [
-            model(to_float(images[i : i + dm.eval_batch_size], dm.data.scale))
+            model(to_float(images[i : i + dm.eval_batch_size], dm.data.scale).to(dtype))
             for i in range(0, len(images), dm.eval_batch_size)
         ]
     )
