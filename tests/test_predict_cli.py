@@ -1,7 +1,11 @@
-"""predict.py's command line: the CSV, the inputs it reads, and every refusal (one line, exit
-status 2, nothing written). The model is test_predict.py's session run."""
+"""predict.py's command line: the CSV, the inputs it reads (every data format that
+``--data.path`` reads among them), runs trained on data of every format, and every refusal
+(one line, exit status 2, nothing written). The model is test_predict.py's session run."""
 
 import builtins
+import gzip
+import json
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +18,8 @@ from test_predict import read_csv, run_ensemble_predictions, run_predict, traine
 
 from lit_cnn.data.loading import load_images
 
+N_TEST = 200  # test images in each data file below (and in conftest's tiny_pkl)
+
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
@@ -23,6 +29,62 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def raw():
     return load_images("sample").x_test[:, 0].numpy()
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = (0x0800 + array.ndim).to_bytes(4, "big")
+    return header + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory, tiny_pkl) -> dict[str, Path]:
+    """The sample's first 200 test digits in every format load_images reads, and as .npy.
+
+    Each holds 300 + 100 training images of the sample too (uint8: scale 255, the session
+    run's), as tests/test_data_formats.py builds them.
+    """
+    folder = tmp_path_factory.mktemp("formats")
+    d = load_images("sample")
+    x, y = d.x_train[:400, 0].numpy(), d.y_train[:400].numpy()
+    xt, yt = d.x_test[:N_TEST, 0].numpy(), d.y_test[:N_TEST].numpy()
+    files = {"npy": folder / "digits.npy", "pkl": tiny_pkl, "pkl.gz": folder / "tiny.pkl.gz"}
+    np.save(files["npy"], xt)
+    files["pkl.gz"].write_bytes(gzip.compress(tiny_pkl.read_bytes()))
+    # deeplearning.net's layout: (train, valid, test), N x 784 images.
+    files["three.pkl.gz"] = folder / "mnist.pkl.gz"
+    flat = ((x[:300], y[:300]), (x[300:], y[300:]), (xt, yt))
+    flat = tuple((images.reshape(len(images), 784), labels) for images, labels in flat)
+    files["three.pkl.gz"].write_bytes(gzip.compress(pickle.dumps(flat)))
+    files["keras.npz"] = folder / "mnist.npz"
+    np.savez(files["keras.npz"], x_train=x, y_train=y, x_test=xt, y_test=yt)
+    files["idx"] = folder / "MNIST"
+    files["idx"].mkdir()
+    arrays = {
+        "train-images-idx3-ubyte": x,
+        "train-labels-idx1-ubyte": y.astype(np.uint8),
+        "t10k-images-idx3-ubyte": xt,
+        "t10k-labels-idx1-ubyte": yt.astype(np.uint8),
+    }
+    for name, array in arrays.items():
+        (files["idx"] / f"{name}.gz").write_bytes(gzip.compress(_idx_bytes(array)))
+    return files
+
+
+def _by_source(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    grouped: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        grouped.setdefault(r.pop("source"), []).append(r)
+    return grouped
+
+
+def _run_on(path: Path, run_dir: Path, data: str) -> Path:
+    """A copy of the session run (its folds linked) whose results.json 'data' is ``data``."""
+    path.mkdir(parents=True)
+    results = json.loads((run_dir / "results.json").read_text())
+    (path / "results.json").write_text(json.dumps({**results, "data": data}))
+    for fold in run_dir.glob("fold_*"):
+        (path / fold.name).symlink_to(fold.resolve(), target_is_directory=True)
+    return path
 
 
 def test_csv_rows_name_each_image(run_dir, raw, tmp_path):
@@ -59,6 +121,68 @@ def test_notebook_pickle_predicts_its_test_images(run_dir, tiny_pkl):
     assert [int(r["prediction"]) for r in rows] == run_ensemble_predictions(run_dir)[:200].tolist()
 
 
+def test_every_data_format_predicts_its_test_images_as_the_same_array_does(
+    run_dir, raw, data_files, tmp_path
+):
+    # An IDX folder that also holds image files is a folder of images: the images win.
+    scans = tmp_path / "scans"
+    shutil.copytree(data_files["idx"], scans)
+    Image.fromarray(raw[0]).save(scans / "0.png")
+    kinds = ["npy", "pkl", "pkl.gz", "three.pkl.gz", "keras.npz", "idx"]
+    # One batch per file: the same images in the same batch give the very same floats.
+    args = [*(data_files[k] for k in kinds), scans, "--batch_size", str(N_TEST)]
+    status, out, err = run_predict(run_dir, *args)
+    assert status == 0, err
+    grouped = _by_source(read_csv(out))
+    assert list(grouped) == [*(str(data_files[k]) for k in kinds), str(scans / "0.png")]
+    want = grouped[str(data_files["npy"])]
+    assert [int(r["index"]) for r in want] == list(range(N_TEST))
+    expected = run_ensemble_predictions(run_dir)[:N_TEST].tolist()
+    assert [int(r["prediction"]) for r in want] == expected
+    for kind in kinds[1:]:
+        assert grouped[str(data_files[kind])] == want, kind  # indices, classes, probabilities
+    assert [int(r["prediction"]) for r in grouped[str(scans / "0.png")]] == expected[:1]
+
+
+def test_an_input_file_named_sample_is_that_file(run_dir, data_files, tmp_path, monkeypatch):
+    shutil.copy(data_files["pkl.gz"], tmp_path / "sample")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_predict(run_dir, "sample")
+    assert status == 0, err
+    rows = read_csv(out)  # its 200 test images, not the bundled sample's 1000
+    assert len(rows) == N_TEST and {r["source"] for r in rows} == {"sample"}
+
+
+@pytest.mark.parametrize("kind", ["three.pkl.gz", "keras.npz", "idx"])
+def test_a_run_on_relative_data_of_any_format_predicts_and_exports(
+    run_dir, data_files, tmp_path, monkeypatch, kind
+):
+    # Trained with --data.path NAME from `project`: results.json's 'data' is the data's
+    # ImageData.source, a three-set file's with its merge note.
+    project = tmp_path / "project"
+    project.mkdir()
+    name = data_files[kind].name
+    copy = shutil.copytree if data_files[kind].is_dir() else shutil.copy
+    copy(data_files[kind], project / name)
+    monkeypatch.chdir(project)
+    source = load_images(name).source
+    if kind == "three.pkl.gz":
+        assert source == f"{name} (train and valid merged: 300 + 100 training images)"
+    run = _run_on(project / "lightning_logs" / "ShallowCNN" / "version_0", run_dir, source)
+    status, out, err = run_predict(run, data_files["npy"], "--batch_size", str(N_TEST))
+    assert status == 0, err
+    predictions = [int(r["prediction"]) for r in read_csv(out)]
+    assert predictions == run_ensemble_predictions(run_dir)[:N_TEST].tolist()
+    # From elsewhere, the data is found beside lightning_logs/; the export is checked on the
+    # run's own test set, the data file's 200 images (the session run's has 1000).
+    monkeypatch.chdir(tmp_path)
+    exported = tmp_path / "model.pt"
+    status, out, err = run_predict(run, "--export", "torchscript", exported)
+    assert status == 0, err
+    assert f"on the run's {N_TEST} test images; wrote {exported}" in out
+    assert exported.is_file()
+
+
 def test_fold_option_predicts_with_that_fold(run_dir, raw, tmp_path):
     np.save(tmp_path / "d.npy", raw)
     _, out, _ = run_predict(run_dir, tmp_path / "d.npy", "--fold", "0")
@@ -87,6 +211,18 @@ CASES = {
     # name: (make the arguments from (tmp_path, run_dir, raw), what the message says)
     "missing input": (lambda t, r, x: [r, t / "nope.png"], "nope.png: no such file"),
     "empty directory": (lambda t, r, x: [r, _mkdir(t / "empty")], "without image files"),
+    "an IDX folder missing files": (
+        lambda t, r, x: [r, _holding(t / "idx", "train-images-idx3-ubyte.gz")],
+        "idx: an IDX directory without train-labels-idx1-ubyte or",
+    ),
+    "a gzipped file that is no pickle": (
+        lambda t, r, x: [r, _write(t / "notes.gz", gzip.compress(b"not a pickle"))],
+        "notes.gz: gzip-compressed data: not a pickle",
+    ),
+    "a pickle of something else": (
+        lambda t, r, x: [r, _write(t / "p.pkl", pickle.dumps({"x": [1, 2]}))],
+        "p.pkl: expected (train, test) or (train, valid, test)",
+    ),
     "unsupported file": (
         lambda t, r, x: [r, _write(t / "notes.txt", b"not an image")],
         "notes.txt: unsupported file",
@@ -117,7 +253,18 @@ CASES = {
     ),
     "npz of several arrays": (
         lambda t, r, x: [r, _npz(t / "s.npz", x=x[:2], y=np.zeros(2))],
-        "s.npz: holds 2 arrays (x, y)",
+        "s.npz: holds 2 arrays (x, y); an .npz to predict holds one array of images, or Keras'",
+    ),
+    "npz of some of Keras' arrays": (
+        lambda t, r, x: [r, _npz(t / "k.npz", x_train=x[:2], x_test=x[:2])],
+        "k.npz: holds 2 arrays (x_train, x_test)",
+    ),
+    "the run's data is gone": (
+        lambda t, r, x: [
+            _run_on(t / "run", r, "gone.pkl.gz (train and valid merged: 3 + 1 training images)"),
+            _npy(t / "d.npy", x[:2]),
+        ],
+        "run: the run's data gone.pkl.gz (results.json 'data') is not found from this",
     ),
     "existing --out": (
         lambda t, r, x: [r, _png(t / "d.png", x), "--out", _write(t / "o.csv", b"keep")],

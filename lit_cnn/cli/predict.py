@@ -62,7 +62,8 @@ def _parser() -> _Parser:
         "inputs",
         metavar="INPUT",
         nargs="*",
-        help="image files, directories of them, .npy/.npz arrays, notebook pickles",
+        help="image files, directories of them (or an IDX folder), .npy/.npz arrays, data "
+        "files --data.path reads (pickles, gzipped or not; Keras' .npz): their test images",
     )
     parser.add_argument(
         "--fold", type=int, metavar="I", help="predict with this fold's model alone"

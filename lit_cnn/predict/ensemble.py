@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_cnn.data.loading import DataError, ImageData, load_images, to_float
+from lit_cnn.data.loading import SAMPLE, DataError, ImageData, data_path, load_images, to_float
 from lit_cnn.models.nets import NETS, build_net
 
 __all__ = ["Ensemble", "Run", "RunDirError", "load_ensemble", "open_run", "predict_batches"]
@@ -88,16 +88,27 @@ class Run:
         return self._data
 
     def _locate(self, source: str) -> str:
+        # results.json's 'data' is ImageData.source: a path, "sample", or, for a three-set
+        # file, the path followed by a note of the merged sets, which data_path takes off.
         # A relative path is relative to where the run was started: the working directory
         # or, when that was elsewhere, the folder holding lightning_logs/.
-        if source == "sample" or Path(source).is_absolute() or Path(source).exists():
+        if source == SAMPLE:
             return source
+        candidates = list(dict.fromkeys((source, data_path(source))))
+        if Path(candidates[-1]).is_absolute():
+            return candidates[-1]  # load_images says what is wrong with it, if anything
+        for name in candidates:
+            if Path(name).exists():
+                return name
         for parent in self.path.resolve().parents:
-            if parent.name == "lightning_logs" and (parent.parent / source).exists():
-                return str(parent.parent / source)
+            if parent.name != "lightning_logs":
+                continue
+            for name in candidates:
+                if (parent.parent / name).exists():
+                    return str(parent.parent / name)
         raise DataError(
-            f"{self.path}: the run's data file {source} (results.json 'data') is not found "
-            "from this directory; run from where the run was trained"
+            f"{self.path}: the run's data {data_path(source)} (results.json 'data') is not "
+            "found from this directory; run from where the run was trained"
         )
 
     @property

@@ -1,12 +1,16 @@
-"""What ``scripts/predict.py`` reads: image files, directories of them, arrays and notebook
-pickles, checked before anything is predicted and then decoded in the background.
+"""What ``scripts/predict.py`` reads: image files, directories of them, arrays and data
+files, checked before anything is predicted and then decoded in the background.
 
 A file's kind is decided by its first bytes, not its name: ``.npy`` and ``.npz`` arrays
-(read with ``allow_pickle=False``), a notebook-format pickle (through the safe loader of
-:mod:`lit_cnn.data`, its test images), or else an image Pillow identifies. Directories are
-walked recursively in sorted order and give their image files; other files in them are
-skipped. Every file is opened and its header or array checked up front; an image's pixels
-are decoded later, in worker threads that run ahead of the model.
+(read with ``allow_pickle=False``), or a data file that :func:`lit_cnn.data.load_images`
+reads (a notebook-format pickle, a gzip-compressed pickle, the three-set ``mnist.pkl.gz``,
+a Keras-style ``.npz`` with ``x_train``/``y_train``/``x_test``/``y_test``), whose test images
+are predicted, or else an image Pillow identifies. Directories are walked recursively in
+sorted order and give their image files; other files in them are skipped. A directory with
+no image files that holds IDX files (``train-images-idx3-ubyte`` and the three others,
+plain or gzipped) is an IDX folder instead: its test images are predicted. Every file is
+opened and its header or array checked up front; an image's pixels are decoded later, in
+worker threads that run ahead of the model.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lit_cnn.data.loading import DataError, load_images, to_float
+from lit_cnn.data.formats import NPZ_KEYS
+from lit_cnn.data.idx import IDX_FILES
+from lit_cnn.data.loading import SAMPLE, DataError, load_images, to_float
 from lit_cnn.predict.images import PIXEL_SCALE, WORKING_SIDE, digit_pixels
 
 __all__ = ["Source", "collect", "decoded_batches", "read_digit"]
 
-_NPY, _ZIP, _PICKLE = b"\x93NUMPY", b"PK\x03\x04", b"\x80"
+_NPY, _ZIP, _PICKLE, _GZIP = b"\x93NUMPY", b"PK\x03\x04", b"\x80", b"\x1f\x8b"
 _SIDES = (28, 32)
 _SHAPES = "N x 28 x 28 or N x 32 x 32 images (or N x 1 x 28 x 28, N x 1 x 32 x 32)"
 
@@ -80,8 +86,8 @@ def _image_source(path: Path) -> Source:
             ) from None
         raise _error(
             str(path),
-            "unsupported file: not an image Pillow reads, nor a .npy/.npz array or a notebook "
-            "pickle",
+            "unsupported file: not an image Pillow reads, nor a .npy/.npz array or a data file "
+            "(pickle, gzipped pickle)",
         ) from None
     except Image.DecompressionBombError as err:
         raise _error(str(path), f"refused: {err}") from None
@@ -124,24 +130,32 @@ def _npz_source(path: Path) -> Source:
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
-            if len(names) != 1:
+            if set(NPZ_KEYS) <= set(names):
+                keras = True
+            elif len(names) != 1:
                 listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
                 raise _error(
                     str(path),
                     f"holds {len(names)} arrays ({listed or 'none'}); an .npz to predict holds "
-                    "one array of images",
+                    f"one array of images, or Keras' {'/'.join(NPZ_KEYS)}",
                 )
-            array = npz[names[0]]
+            else:
+                keras = False
+                array = npz[names[0]]
     except DataError:
         raise
     except Exception as err:  # a damaged zip, a member that is not a plain array ...
         raise _error(str(path), f"unreadable .npz archive ({_reason(err)})") from None
+    if keras:
+        return _data_source(path)  # Keras' mnist.npz: its x_test, as kfold.py reads it
     array = _check_array(array, f"{path}")
     return Source(str(path), "array", len(array), array)
 
 
-def _pickle_source(path: Path) -> Source:
-    data = load_images(path)  # the safe loader; its DataError names the file
+def _data_source(path: Path) -> Source:
+    # The safe loader of --data.path, for every format it reads; its DataError names the file.
+    # A file named "sample" is that file, not the bundled sample load_images gives for it.
+    data = load_images(f"./{path}" if os.fspath(path) == SAMPLE else path)
     return Source(str(path), "array", len(data.x_test), data.x_test)
 
 
@@ -151,9 +165,18 @@ def _file_source(path: Path) -> Source:
         return _npy_source(path)
     if head.startswith(_ZIP):
         return _npz_source(path)
-    if head.startswith(_PICKLE) or path.suffix.lower() in (".pkl", ".pickle"):
-        return _pickle_source(path)
+    if head.startswith((_PICKLE, _GZIP)) or path.suffix.lower() in (".pkl", ".pickle"):
+        return _data_source(path)  # a pickle, gzipped or not, (train, test) or three sets
     return _image_source(path)
+
+
+def _holds_idx(directory: Path) -> bool:
+    # Any of the four IDX files, plain or gzipped, directly in it: load_images names the
+    # missing ones, if any.
+    return any(
+        (directory / stem).is_file() or (directory / f"{stem}.gz").is_file()
+        for stem in IDX_FILES.values()
+    )
 
 
 def _image_files(directory: Path) -> list[Path]:
@@ -171,7 +194,8 @@ def collect(inputs: Sequence[str | os.PathLike[str]]) -> list[Source]:
     """Checks every input and lists the files to predict, in order.
 
     Args:
-        inputs: Image files, directories, .npy/.npz arrays and notebook pickles.
+        inputs: Image files, directories (of images, or an IDX folder), .npy/.npz arrays and
+            data files that :func:`lit_cnn.data.load_images` reads.
 
     Raises:
         DataError: One line naming the file and what is wrong with it.
@@ -181,9 +205,12 @@ def collect(inputs: Sequence[str | os.PathLike[str]]) -> list[Source]:
         path = Path(item)
         if path.is_dir():
             files = _image_files(path)
-            if not files:
-                raise _error(str(path), "a directory without image files")
-            sources.extend(_image_source(f) for f in files)
+            if files:  # image files win: a folder of scans that also holds IDX files
+                sources.extend(_image_source(f) for f in files)
+            elif _holds_idx(path):
+                sources.append(_data_source(path))  # an IDX folder: its test images
+            else:
+                raise _error(str(path), "a directory without image files (nor IDX files)")
         elif path.is_file():
             sources.append(_file_source(path))
         elif path.exists():
