@@ -175,8 +175,8 @@ def run_nested(search: Search, k_outer: int, data: Mapping[str, Any]) -> dict[st
         "best_yaml": None,
         "verdict": {
             "text": f"nested estimate {nested['outer_acc_mean']:.4f} +/- "
-            f"{nested['outer_acc_std']:.4f} over {k_outer} outer folds, against the inner "
-            f"searches' own (optimistic) {nested['inner_val_acc_mean']:.4f}"
+            f"{nested['outer_acc_std']:.4f} over {k_outer} outer folds; the inner searches' "
+            f"own estimate of the same models: {nested['inner_val_acc_mean']:.4f}"
         },
         "nested": nested,
     }

@@ -164,9 +164,10 @@ def nested_markdown(nested: Mapping[str, Any]) -> list[str]:
         "",
         f"Nested estimate (held-out outer folds): {nested['outer_acc_mean']:.4f} ± "
         f"{nested['outer_acc_std']:.4f} per fold model, "
-        f"{nested['outer_ensemble_acc_mean']:.4f} for the ensembles; the inner searches' own "
-        f"estimate of the same models: {nested['inner_val_acc_mean']:.4f} (optimistic: the "
-        "same folds chose and scored them).",
+        f"{nested['outer_ensemble_acc_mean']:.4f} for the ensembles. The inner searches' own "
+        f"estimate of the same models, on the folds that chose them: "
+        f"{nested['inner_val_acc_mean']:.4f} (held-out minus inner: "
+        f"{nested['outer_acc_mean'] - nested['inner_val_acc_mean']:+.4f}).",
         "",
         f"Stability of the chosen configuration: {nested['stability']}.",
         "",
