@@ -144,6 +144,22 @@ def test_every_data_format_predicts_its_test_images_as_the_same_array_does(
     assert [int(r["prediction"]) for r in grouped[str(scans / "0.png")]] == expected[:1]
 
 
+def test_a_data_file_in_other_units_is_scaled_by_its_own_constant(run_dir, data_files, tmp_path):
+    # deeplearning.net's mnist.pkl.gz stores float32 pixels in [0, 1]; the run's are 0-255.
+    xt = np.load(data_files["npy"])
+    flat = (xt.reshape(len(xt), 784) / 255).astype(np.float32)
+    sets = tuple((flat[:100], np.zeros(100, np.int64)) for _ in range(2))
+    floats = tmp_path / "floats.pkl.gz"
+    floats.write_bytes(gzip.compress(pickle.dumps((*sets, (flat, np.zeros(len(flat), np.int64))))))
+    status, out, err = run_predict(run_dir, data_files["npy"], floats, "--batch_size", str(N_TEST))
+    assert status == 0, err
+    grouped = _by_source(read_csv(out))
+    want, got = grouped[str(data_files["npy"])], grouped[str(floats)]
+    assert [r["prediction"] for r in got] == [r["prediction"] for r in want]
+    for a, b in zip(want, got, strict=True):
+        assert all(abs(float(a[f"p{i}"]) - float(b[f"p{i}"])) < 1e-4 for i in range(10))
+
+
 def test_an_input_file_named_sample_is_that_file(run_dir, data_files, tmp_path, monkeypatch):
     shutil.copy(data_files["pkl.gz"], tmp_path / "sample")
     monkeypatch.chdir(tmp_path)

@@ -49,12 +49,15 @@ class Source:
             (stored images in the run's units, ``images`` below).
         count: How many images it holds.
         images: For arrays: (N, 1, S, S) or (N, S, S), S = 28 or 32; memory-mapped for .npy.
+        scale: For a data file, its own scaling constant (its loader knows its units); None
+            for a bare array, which is taken in the run's units.
     """
 
     name: str
     kind: str
     count: int
     images: Any = None
+    scale: float | None = None
 
 
 def _error(name: str, what: str) -> DataError:
@@ -156,7 +159,7 @@ def _data_source(path: Path) -> Source:
     # The safe loader of --data.path, for every format it reads; its DataError names the file.
     # A file named "sample" is that file, not the bundled sample load_images gives for it.
     data = load_images(f"./{path}" if os.fspath(path) == SAMPLE else path)
-    return Source(str(path), "array", len(data.x_test), data.x_test)
+    return Source(str(path), "array", len(data.x_test), data.x_test, data.scale)
 
 
 def _file_source(path: Path) -> Source:
@@ -283,10 +286,11 @@ def _decode(chunk: Chunk, scale: float | None) -> tuple[torch.Tensor, list[tuple
             # A copy of a memory-mapped slice: its buffer is read-only, torch's are not.
             stored = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
             stored = stored if stored.ndim == 4 else stored[:, None]
-            if scale is None:
+            own = source.scale if source.scale is not None else scale
+            if own is None:
                 raise ValueError("arrays need the run's scale")
-            # The run's own constant, through the data path's function: bit-identical input.
-            parts.append(to_float(stored, scale))
+            # Through the data path's function: bit-identical input to the run's own.
+            parts.append(to_float(stored, own))
     flush()
     return torch.cat(parts), rows
 
