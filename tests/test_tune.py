@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from conftest import script
 
 from lit_cnn.analysis.space import DEFAULT_SPACE, load_space, parse_entry
@@ -51,7 +52,10 @@ def test_space_file_becomes_distributions(tmp_path):
     lr, bs, ep = load_space(path)
     assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True)
     assert bs.choices == (64, 128)
-    assert isinstance(ep.distribution(), optuna.distributions.IntDistribution)
+    fixed = optuna.trial.FixedTrial(
+        {"model.lr": 1e-3, "data.batch_size": 128, "trainer.max_epochs": 3}
+    )
+    assert (lr.suggest(fixed), bs.suggest(fixed), ep.suggest(fixed)) == (1e-3, 128, 3)
 
 
 @pytest.mark.parametrize(
@@ -236,6 +240,17 @@ def test_a_journal_file_is_a_storage(tmp_path, tiny_pkl):
     storage = JournalStorage(JournalFileBackend(str(journal)))
     study = optuna.load_study(study_name="j", storage=storage)
     assert len(finished(study)) == 1 and not (tmp_path / "lightning_logs/tune/j/study.db").exists()
+
+
+def test_with_optimizer_the_default_space_searches_its_arguments(tmp_path, tiny_pkl):
+    argv = ["--models", "ShallowCNN", "--n_trials", "1", "--name", "o", "--optimizer", "AdamW"]
+    assert tune_main([*argv, *tiny_args(tiny_pkl, tmp_path), *FAST]) == 0
+    (trial,) = study_of(tmp_path / "lightning_logs" / "tune" / "o", "o").trials
+    assert set(trial.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    config = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
+    assert config["optimizer"]["class_path"] == "torch.optim.AdamW"
+    assert config["optimizer"]["init_args"]["lr"] == pytest.approx(trial.params["optimizer.lr"])
+    assert config["model"]["init_args"]["lr"] is None  # the shorthand is not set beside it
 
 
 # ----------------------------------------------------------------------------- pruning

@@ -45,27 +45,25 @@ def write_outer_data(data: ImageData, held: np.ndarray, path: Path) -> None:
 
 
 @torch.inference_mode()
-def fold_probs(run_dir: Path, images: torch.Tensor, scale: float) -> list[torch.Tensor]:
-    """Softmax probabilities (N, 10) of each of a finished run's non-diverged folds' best models.
+def accuracies(
+    run_dir: Path, images: torch.Tensor, labels: torch.Tensor, scale: float
+) -> tuple[float, float]:
+    """The mean accuracy of a finished run's fold models, and their ensemble's, on ``images``.
 
     Args:
         run_dir: A K-fold run directory with results.json.
         images: Stored images (N, 1, S, S), as :class:`ImageData` holds them.
+        labels: (N,) labels.
         scale: The scaling constant the run trained with.
     """
-    from lit_cnn.models.modules import get_model_class
+    from lit_cnn.predict.ensemble import ensemble_of, open_run
 
-    results = json.loads((run_dir / "results.json").read_text())
-    cls = get_model_class(results["model"])
-    out_probs = []
-    for fold in [r["fold"] for r in results["folds"] if not r["diverged"]]:
-        ckpt = run_dir / f"fold_{fold}" / "checkpoints" / "best.ckpt"
-        model = cls.load_from_checkpoint(ckpt, map_location="cpu").eval()
-        out = torch.cat(
-            [model(to_float(images[i : i + 512], scale)) for i in range(0, len(images), 512)]
-        )
-        out_probs.append(out if model.hparams.softmax_output else out.softmax(dim=-1))
-    return out_probs
+    def accuracy(model: torch.nn.Module) -> float:
+        return float((model(x).argmax(dim=1) == labels).float().mean())
+
+    x, run = to_float(images, scale), open_run(run_dir)
+    members = [accuracy(ensemble_of(run, fold)) for fold in run.folds]
+    return float(np.mean(members)), accuracy(ensemble_of(run))
 
 
 def stability(chosen: list[Mapping[str, Any]]) -> str:
@@ -126,9 +124,7 @@ def run_nested(search: Search, k_outer: int, data: Mapping[str, Any]) -> dict[st
         run_dir = Path(best.user_attrs["run_dir"])
         results = json.loads((run_dir / "results.json").read_text())
         scale = KFoldDataModule(path=str(path)).data.scale
-        probs = fold_probs(run_dir, full.x_test, scale)
-        test_accs = [float((p.argmax(dim=1) == full.y_test).float().mean()) for p in probs]
-        ensemble = torch.stack(probs).mean(dim=0).argmax(dim=1)
+        test_acc, test_ensemble_acc = accuracies(run_dir, full.x_test, full.y_test, scale)
         val = [r["val_acc"] for r in results["folds"] if not r["diverged"]]
         outer.append(
             {
@@ -143,8 +139,8 @@ def run_nested(search: Search, k_outer: int, data: Mapping[str, Any]) -> dict[st
                 "inner_val_acc": float(np.mean(val)),
                 "outer_acc": results["test_acc_mean"],
                 "outer_ensemble_acc": results["ensemble_test_acc"],
-                "test_acc": float(np.mean(test_accs)),
-                "test_ensemble_acc": float((ensemble == full.y_test).float().mean()),
+                "test_acc": test_acc,
+                "test_ensemble_acc": test_ensemble_acc,
                 "held_out": len(held),
             }
         )

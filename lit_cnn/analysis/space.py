@@ -35,6 +35,14 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "data.batch_size": {"type": "categorical", "choices": [64, 128, 256]},
 }
 
+#: The default when ``--optimizer CLASS`` is given: that optimizer's own arguments (the
+#: architecture's lr / l2 / optimizer shorthand cannot be combined with it).
+OPTIMIZER_SPACE: dict[str, dict[str, Any]] = {
+    "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "optimizer.weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    "data.batch_size": {"type": "categorical", "choices": [64, 128, 256]},
+}
+
 #: Options a space may not set: tune.py names trials, models and runs itself.
 RESERVED = ("model", "run_name", "resume", "config", "fold_parallel", "data.path", "data.seed")
 
@@ -60,22 +68,6 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
-
-    def distribution(self) -> Any:  # -> optuna.distributions.BaseDistribution
-        """The Optuna distribution of this parameter."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
-
-        if self.type == "categorical":
-            return CategoricalDistribution(list(self.choices))
-        if self.type == "int":
-            return IntDistribution(
-                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
-            )
-        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def spec(self) -> dict[str, Any]:
         """The entry as a space file writes it.
@@ -178,14 +170,20 @@ def parse_entry(where: str, key: Any, spec: Any) -> Param:
     return Param(key, kind, low, high, log, step)
 
 
-def load_space(path: str | Path | None) -> list[Param]:
-    """The search space in ``path``, or :data:`DEFAULT_SPACE` when ``path`` is None.
+def load_space(path: str | Path | None, optimizer: bool = False) -> list[Param]:
+    """The search space in ``path``; without one, the default space.
+
+    Args:
+        path: A space file, or None.
+        optimizer: ``--optimizer CLASS`` was given: the default is :data:`OPTIMIZER_SPACE`,
+            else :data:`DEFAULT_SPACE`.
 
     Raises:
         UsageError: An unreadable file, bad YAML, or a bad entry (see :func:`parse_entry`).
     """
     if path is None:
-        return [parse_entry("the default space", k, v) for k, v in DEFAULT_SPACE.items()]
+        default = OPTIMIZER_SPACE if optimizer else DEFAULT_SPACE
+        return [parse_entry("the default space", k, v) for k, v in default.items()]
     where = f"--space {path}"
     try:
         text = Path(path).read_text()

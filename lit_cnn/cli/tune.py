@@ -252,11 +252,11 @@ def _check(opts: Any, rest: list[str]) -> dict[str, Any]:
     check_kfold_options(rest)
     if opts.storage:
         check_storage(opts.storage)
-    space = load_space(opts.space)
     # Progress bars off unless asked for: a worker prints a line per fold and per trial.
     base = ["--trainer.enable_progress_bar", "false", *rest]
     for model in opts.models:  # every option and the data, as kfold.py checks them
         cli, _ = prepare([*base, "--model", model])
+    space = load_space(opts.space, optimizer=cli.config.get("optimizer") is not None)
     check_space(space, f"--space {opts.space}" if opts.space else "the default space", base,
                 list(opts.models))  # fmt: skip
     return {
@@ -282,6 +282,7 @@ def _run(opts: Any, settings: dict[str, Any], argv: list[str]) -> int:
     from lit_cnn.analysis.nested import run_nested
     from lit_cnn.analysis.tune import Search, work
     from lit_cnn.analysis.tune_report import report_trial, write_study
+
     space = settings.pop("_space")
     try:
         path, existed = tune_dir(settings["root"], opts.name)
