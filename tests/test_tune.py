@@ -117,6 +117,11 @@ def test_space_refused_by_the_command_before_anything_is_written(
         (["--models", "ShallowCNN", "--n_trials", "2", "--nested", "1"], "--nested"),
         (["--models", "ShallowCNN", "--n_trials", "2", "--storage", "foo://x"], "cannot be opened"),
         (["--models", "ShallowCNN", "--n_trials", "2", "--print_config"], "config.yaml"),
+        (["--models", "ShallowCNN", "--n_trials", "2", "--trainer.devices", "2"], "one device"),
+        (
+            ["--models", "ShallowCNN", "--n_trials", "2", "--trainer.strategy", "ddp"],
+            "strategy ddp",
+        ),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path, tiny_pkl, capsys, argv, says):

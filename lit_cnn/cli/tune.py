@@ -135,6 +135,30 @@ def check_kfold_options(rest: Sequence[str]) -> None:
             raise UsageError(f"{name} is not taken by tune.py: {REFUSED[name]}")
 
 
+def check_one_device(trainer: Any) -> None:
+    """Refuses a trial on several devices or nodes: a worker trains on one device."""
+    devices, strategy = trainer.devices, str(trainer.strategy)
+    one = (
+        devices in (1, "1")
+        or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+        or (isinstance(devices, str) and devices.strip(", ").isdigit() and devices.endswith(","))
+    )
+    bad = (
+        f"--trainer.devices {devices}"
+        if not one
+        else f"--trainer.num_nodes {trainer.num_nodes}"
+        if (trainer.num_nodes or 1) > 1
+        else f"--trainer.strategy {strategy}"
+        if strategy.startswith(("ddp", "fsdp", "deepspeed"))
+        else None
+    )
+    if bad:
+        raise UsageError(
+            f"{bad}: a tuning worker trains on one device; start one worker per device "
+            "instead (e.g. CUDA_VISIBLE_DEVICES=1 python scripts/tune.py ... --name N)"
+        )
+
+
 def check_space(space: Sequence[Param], where: str, base: list[str], models: list[str]) -> None:
     """Has kfold.py's parser check every searched option at its bounds and choices."""
     from lit_cnn.cli.kfold import prepare
@@ -252,10 +276,13 @@ def _check(opts: Any, rest: list[str]) -> dict[str, Any]:
     check_kfold_options(rest)
     if opts.storage:
         check_storage(opts.storage)
-    # Progress bars off unless asked for: a worker prints a line per fold and per trial.
-    base = ["--trainer.enable_progress_bar", "false", *rest]
+    # Progress bars off unless asked for: a worker prints a line per fold and per trial. One
+    # device per worker unless asked otherwise (then refused below): on a multi-GPU machine
+    # "auto" would start DDP, whose launcher runs this script again in every child.
+    base = ["--trainer.enable_progress_bar", "false", "--trainer.devices", "1", *rest]
     for model in opts.models:  # every option and the data, as kfold.py checks them
         cli, _ = prepare([*base, "--model", model])
+    check_one_device(cli.config.trainer)
     space = load_space(opts.space, optimizer=cli.config.get("optimizer") is not None)
     check_space(space, f"--space {opts.space}" if opts.space else "the default space", base,
                 list(opts.models))  # fmt: skip
