@@ -209,6 +209,15 @@ def corrected_resampled_ttest(
     return _finish("corrected resampled t-test", float(d.mean()), se, j - 1, j, confidence)
 
 
+def _as_5x2(diffs_5x2: Any) -> np.ndarray:
+    p = np.asarray(diffs_5x2, dtype=np.float64)
+    if p.shape != (5, 2):
+        raise ValueError(f"the 5x2cv test needs differences of shape (5, 2), got {p.shape}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("diffs_5x2: every difference must be finite")
+    return p
+
+
 def dietterich_5x2cv(diffs_5x2: Any, confidence: float = 0.95) -> TTestResult:
     """Dietterich's 5x2cv paired t-test.
 
@@ -235,11 +244,7 @@ def dietterich_5x2cv(diffs_5x2: Any, confidence: float = 0.95) -> TTestResult:
     Raises:
         ValueError: The shape is not (5, 2) or a difference is not finite.
     """
-    p = np.asarray(diffs_5x2, dtype=np.float64)
-    if p.shape != (5, 2):
-        raise ValueError(f"the 5x2cv test needs differences of shape (5, 2), got {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError("diffs_5x2: every difference must be finite")
+    p = _as_5x2(diffs_5x2)
     s2 = ((p - p.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
     se = math.sqrt(s2.mean())
     return _finish("5x2cv paired t-test", float(p[0, 0]), se, 5, 10, confidence)
@@ -288,11 +293,7 @@ def combined_5x2cv_ftest(diffs_5x2: Any) -> FTestResult:
     Raises:
         ValueError: The shape is not (5, 2) or a difference is not finite.
     """
-    p = np.asarray(diffs_5x2, dtype=np.float64)
-    if p.shape != (5, 2):
-        raise ValueError(f"the 5x2cv test needs differences of shape (5, 2), got {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError("diffs_5x2: every difference must be finite")
+    p = _as_5x2(diffs_5x2)
     num = float((p**2).sum())
     den = 2 * float(((p - p.mean(axis=1, keepdims=True)) ** 2).sum())
     if den > 0:
