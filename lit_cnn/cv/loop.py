@@ -32,6 +32,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_cnn import __version__
@@ -71,6 +72,7 @@ def predict_proba(
     dm: KFoldDataModule,
     device: torch.device,
     train_indices: np.ndarray | None = None,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
     """Class probabilities of ``model``, on the CPU.
 
@@ -80,6 +82,8 @@ def predict_proba(
         device: Where to compute.
         train_indices: Score these training images, in this order; ``None`` scores the
             whole test set.
+        precision: The Trainer's precision plugin: its input conversion and forward context
+            (autocast, a 64-bit default dtype) apply as in Lightning's own test pass.
 
     Returns:
         (N, 10) probabilities: N test images, or ``len(train_indices)`` training images.
@@ -90,15 +94,18 @@ def predict_proba(
         images = x_test
     else:
         images = x_train[torch.as_tensor(train_indices, device=device)]
-    # In the weights' dtype: a 64-true or bf16-true model takes no float32 input, and this pass
-    # runs outside Lightning's precision plugin.
-    dtype = next(model.parameters()).dtype
-    out = torch.cat(
-        [
-            model(to_float(images[i : i + dm.eval_batch_size], dm.data.scale).to(dtype))
-            for i in range(0, len(images), dm.eval_batch_size)
-        ]
-    )
+    precision = precision or Precision()  # the base plugin changes nothing
+    out: torch.Tensor | None = None
+    with precision.forward_context():
+        for i in range(0, len(images), dm.eval_batch_size):
+            x = to_float(images[i : i + dm.eval_batch_size], dm.data.scale)
+            y = model(precision.convert_input(x))
+            # Written into one buffer: a list of small outputs kept between the batches'
+            # large temporaries fragments the heap, which then holds on to them.
+            out = y.new_empty((len(images), y.shape[1])) if out is None else out
+            out[i : i + len(y)] = y
+    if out is None:  # nothing to score
+        return torch.empty(0, 10)
     # With softmax_output the network already ends in Softmax.
     probs = out if model.hparams.softmax_output else out.softmax(dim=-1)
     return probs.float().cpu()
@@ -199,10 +206,12 @@ def train_fold(
         device = trainer.strategy.root_device
         test_probs = model.test_probs
         if test_probs is None:
-            test_probs = predict_proba(model, dm, device)
+            test_probs = predict_proba(model, dm, device, precision=trainer.precision_plugin)
         # One pass of the best model over the images it did not train on: the out-of-fold
         # predictions (whatever limit_val_batches or fast_dev_run validated).
-        val_probs = predict_proba(model, dm, device, dm.folds[fold][1])
+        val_probs = predict_proba(
+            model, dm, device, dm.folds[fold][1], precision=trainer.precision_plugin
+        )
         probs = FoldProbs(test_probs, val_probs)
     # The training metrics of the epoch the best pass validated (the last epoch's when the
     # pass came after the fit, as above).
