@@ -45,14 +45,17 @@ def exit_on_signals(prog: str) -> None:
     Args:
         prog: The command's name, for the message.
     """
+    import os
     import signal
     import sys
 
     def stop(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         print(f"{prog}: interrupted by {name} before the run began; nothing was written",
-              file=sys.stderr)  # fmt: skip
-        raise SystemExit(128 + signum)
+              file=sys.stderr, flush=True)  # fmt: skip
+        # Not SystemExit: raised where the import machinery runs a callback, Python prints it
+        # as ignored and the start-up goes on. Nothing is open for writing yet.
+        os._exit(128 + signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
